@@ -1,1 +1,53 @@
-fn main() {}
+//! `gridback`: the one binary people run. This file only parses the command line, sets up
+//! logging and the runtime, and hands over to one module per subcommand.
+
+mod cli;
+mod cmd;
+mod procs;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!(panic = %info, "panic");
+        default(info);
+    }));
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let daemon = matches!(
+        cli.command,
+        Command::Local(_) | Command::Coordinator(_) | Command::Node(_) | Command::Mount(_)
+    );
+    init_tracing(if daemon { "info,quinn=warn,rustls=warn" } else { "warn" });
+    install_panic_hook();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gridback: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(cmd::run(cli));
+    // Do not wait for stray blocking tasks (a stuck network read) at exit.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("gridback: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

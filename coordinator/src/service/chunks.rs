@@ -1,0 +1,393 @@
+//! The batched chunk protocol: dedup query, allocation (sequence + put orders), replacement
+//! targets, commit, and locate (get orders).
+
+use std::collections::{HashMap, HashSet};
+
+use gridback_proto::coord_api::{
+    AllocateChunks, Allocation, Allocations, ChunkLocation, ChunkPresence, CommitChunks, Committed,
+    LocateChunks, LocatedPacket, Locations, NodeState, QueryChunks, ReplaceTargets, Replacements,
+    Target,
+};
+use gridback_proto::units::format_size;
+use gridback_proto::wire::MAX_FRAME_BYTES;
+use gridback_proto::{
+    CertFingerprint, ChunkId, ClientId, ErrorCode, NodeId, Order, OrderOp, PacketName, WireError,
+    now_unix_ms,
+};
+
+use super::{Inner, Reply, bad_request, check_batch, store_err};
+use crate::erasure::{choose_erasure, shard_bytes};
+use crate::membership::node_state;
+use crate::pending::{PendingChunk, Slot};
+use crate::sequence::{NodeCandidate, eligible, packet_name, sequence};
+use crate::store::{CommitBatch, NodeRecord};
+
+/// Largest packet the coordinator hands out: a node must receive it in one frame together
+/// with its order, so leave 64 KiB of the frame limit for the rest of the message.
+const MAX_SHARD_BYTES: u64 = MAX_FRAME_BYTES as u64 - 64 * 1024;
+
+fn no_placement(msg: String) -> WireError {
+    WireError::new(ErrorCode::NoPlacement, msg)
+}
+
+/// The grid as placement sees it at one instant.
+struct Grid {
+    nodes: HashMap<NodeId, NodeRecord>,
+    candidates: Vec<NodeCandidate>,
+}
+
+impl Grid {
+    fn addr(&self, id: &NodeId) -> String {
+        self.nodes
+            .get(id)
+            .map(|n| n.addr.clone())
+            .unwrap_or_default()
+    }
+
+    /// Reserve `bytes` on `node` for the rest of this request.
+    fn reserve(&mut self, node: NodeId, bytes: u64) {
+        if let Some(c) = self.candidates.iter_mut().find(|c| c.id == node) {
+            c.free_bytes = c.free_bytes.saturating_sub(bytes);
+        }
+    }
+
+    fn up_count(&self, exclude: &[NodeId]) -> usize {
+        self.candidates
+            .iter()
+            .filter(|c| c.up && !exclude.contains(&c.id))
+            .count()
+    }
+}
+
+impl Inner {
+    fn grid(&self, now: u64) -> Reply<Grid> {
+        let in_flight = self.pending.in_flight_bytes(now);
+        let nodes: HashMap<NodeId, NodeRecord> =
+            self.store.nodes().map_err(store_err)?.into_iter().collect();
+        let candidates = nodes
+            .iter()
+            .map(|(id, n)| NodeCandidate {
+                id: *id,
+                up: !n.addr.is_empty()
+                    && node_state(n, now, self.settings.node_timeout) == NodeState::Up,
+                free_bytes: n
+                    .capacity_bytes
+                    .saturating_sub(n.used_bytes)
+                    .saturating_sub(in_flight.get(id).copied().unwrap_or(0)),
+            })
+            .collect();
+        Ok(Grid { nodes, candidates })
+    }
+
+    fn put_target(
+        &self,
+        fp: CertFingerprint,
+        grid: &Grid,
+        slot: Slot,
+        size: u64,
+        now: u64,
+    ) -> Target {
+        let order = Order {
+            op: OrderOp::Put,
+            node: slot.node,
+            packet: slot.packet,
+            size_bytes: size,
+            client: fp,
+            expires_unix_ms: self.order_expiry(now),
+        };
+        Target {
+            index: slot.index,
+            node: slot.node,
+            addr: grid.addr(&slot.node),
+            order: self.secrets.signer.sign(order),
+        }
+    }
+
+    pub(super) fn query(&self, q: QueryChunks) -> Reply<ChunkPresence> {
+        check_batch("query_chunks", q.ids.len())?;
+        Ok(ChunkPresence {
+            present: self.store.chunks_present(&q.ids).map_err(store_err)?,
+        })
+    }
+
+    pub(super) fn allocate(
+        &self,
+        client: ClientId,
+        fp: CertFingerprint,
+        a: AllocateChunks,
+    ) -> Reply<Allocations> {
+        check_batch("allocate_chunks", a.chunks.len())?;
+        let now = now_unix_ms();
+        let mut grid = self.grid(now)?;
+        let up = grid.up_count(&a.exclude);
+        let (k, m) = choose_erasure(self.settings.erasure_k, self.settings.erasure_m, up)
+            .ok_or_else(|| {
+                no_placement(format!(
+                    "no storage node is up ({} known, {} excluded by the client)",
+                    grid.nodes.len(),
+                    a.exclude.len()
+                ))
+            })?;
+        let n = usize::from(k) + usize::from(m);
+        let mut out = Vec::with_capacity(a.chunks.len());
+        let mut pending = Vec::with_capacity(a.chunks.len());
+        for c in &a.chunks {
+            let shard = shard_bytes(c.blob_bytes, k);
+            if shard > MAX_SHARD_BYTES {
+                return Err(bad_request(format!(
+                    "chunk {}: blob of {} bytes makes packets larger than {}",
+                    c.id,
+                    c.blob_bytes,
+                    format_size(MAX_SHARD_BYTES)
+                )));
+            }
+            let ok = eligible(&grid.candidates, shard, &a.exclude);
+            let seq = sequence(&self.secrets.sequence_key, &c.id, &ok, n);
+            if seq.len() < n {
+                return Err(no_placement(format!(
+                    "chunk {}: need {n} nodes with {} free for {k}+{m} packets, {} of {up} up \
+                     nodes have room",
+                    c.id,
+                    format_size(shard),
+                    ok.len()
+                )));
+            }
+            let slots: Vec<Slot> = seq
+                .iter()
+                .zip(0u8..)
+                .map(|(node, index)| Slot {
+                    index,
+                    node: *node,
+                    packet: packet_name(&self.secrets.sequence_key, &c.id, index),
+                })
+                .collect();
+            for s in &slots {
+                grid.reserve(s.node, shard);
+            }
+            let targets = slots
+                .iter()
+                .map(|s| self.put_target(fp, &grid, *s, shard, now))
+                .collect();
+            out.push(Allocation {
+                id: c.id,
+                k,
+                m,
+                shard_bytes: shard,
+                targets,
+            });
+            let expires_unix_ms = self.order_expiry(now);
+            pending.push((
+                c.id,
+                PendingChunk {
+                    k,
+                    m,
+                    shard_bytes: shard,
+                    slots,
+                    expires_unix_ms,
+                },
+            ));
+        }
+        // Only a fully placed batch is remembered: a refused batch reserves nothing.
+        for (id, p) in pending {
+            self.pending.insert(client, id, p);
+        }
+        Ok(Allocations { chunks: out })
+    }
+
+    pub(super) fn replace(
+        &self,
+        client: ClientId,
+        fp: CertFingerprint,
+        r: ReplaceTargets,
+    ) -> Reply<Replacements> {
+        let now = now_unix_ms();
+        let p = self.pending.get(client, r.id, now).ok_or_else(|| {
+            WireError::new(
+                ErrorCode::NotFound,
+                format!(
+                    "chunk {} has no live allocation for this client; allocate it again",
+                    r.id
+                ),
+            )
+        })?;
+        if r.shard_bytes != p.shard_bytes {
+            return Err(bad_request(format!(
+                "chunk {}: shard_bytes {} does not match the allocation ({})",
+                r.id, r.shard_bytes, p.shard_bytes
+            )));
+        }
+        let total = usize::from(p.k) + usize::from(p.m);
+        let indices: HashSet<u8> = r.indices.iter().copied().collect();
+        if indices.len() != r.indices.len() || r.indices.iter().any(|&i| usize::from(i) >= total) {
+            return Err(bad_request(format!(
+                "chunk {}: indices must be distinct and below {total}",
+                r.id
+            )));
+        }
+        let mut grid = self.grid(now)?;
+        let mut exclude = r.exclude.clone();
+        exclude.extend(p.slots.iter().map(|s| s.node));
+        let ok = eligible(&grid.candidates, p.shard_bytes, &exclude);
+        let seq = sequence(&self.secrets.sequence_key, &r.id, &ok, r.indices.len());
+        if seq.len() < r.indices.len() {
+            return Err(no_placement(format!(
+                "chunk {}: need {} more nodes with {} free, {} qualify",
+                r.id,
+                r.indices.len(),
+                format_size(p.shard_bytes),
+                ok.len()
+            )));
+        }
+        let slots: Vec<Slot> = r
+            .indices
+            .iter()
+            .zip(&seq)
+            .map(|(&index, node)| Slot {
+                index,
+                node: *node,
+                packet: packet_name(&self.secrets.sequence_key, &r.id, index),
+            })
+            .collect();
+        for s in &slots {
+            grid.reserve(s.node, p.shard_bytes);
+        }
+        self.pending
+            .add_slots(client, r.id, &slots, self.order_expiry(now));
+        let targets = slots
+            .iter()
+            .map(|s| self.put_target(fp, &grid, *s, p.shard_bytes, now))
+            .collect();
+        Ok(Replacements { targets })
+    }
+
+    /// Check that every packet of every chunk was allocated to this client.
+    fn verify_placements(&self, client: ClientId, c: &CommitChunks, now: u64) -> Reply<()> {
+        for chunk in &c.chunks {
+            let never = || {
+                WireError::new(
+                    ErrorCode::Unauthorized,
+                    format!(
+                        "chunk {}: placement was not allocated to this client (or the allocation \
+                         expired)",
+                        chunk.id
+                    ),
+                )
+            };
+            let p = self.pending.get(client, chunk.id, now).ok_or_else(never)?;
+            if (chunk.k, chunk.m, chunk.shard_bytes) != (p.k, p.m, p.shard_bytes) {
+                return Err(bad_request(format!(
+                    "chunk {}: k/m/shard_bytes {}/{}/{} differ from the allocation {}/{}/{}",
+                    chunk.id, chunk.k, chunk.m, chunk.shard_bytes, p.k, p.m, p.shard_bytes
+                )));
+            }
+            let total = usize::from(p.k) + usize::from(p.m);
+            let indices: HashSet<u8> = chunk.packets.iter().map(|x| x.index).collect();
+            if chunk.packets.len() != total || indices.len() != total {
+                return Err(bad_request(format!(
+                    "chunk {}: expected {total} packets with distinct indices, got {}",
+                    chunk.id,
+                    chunk.packets.len()
+                )));
+            }
+            for pk in &chunk.packets {
+                let slot = Slot {
+                    index: pk.index,
+                    node: pk.node,
+                    packet: pk.packet,
+                };
+                if !p.allows(&slot) {
+                    return Err(never());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn commit(&self, client: ClientId, c: CommitChunks) -> Reply<Committed> {
+        check_batch("commit_chunks", c.chunks.len() + c.refs.len())?;
+        super::snapshots::validate_name(&c.snapshot)?;
+        let now = now_unix_ms();
+        self.verify_placements(client, &c, now)?;
+        let ids: Vec<ChunkId> = c.chunks.iter().map(|x| x.id).collect();
+        let batch = CommitBatch {
+            snapshot: c.snapshot,
+            chunks: c.chunks,
+            refs: c.refs,
+            now_unix_ms: now,
+        };
+        let out = self
+            .store
+            .commit_chunks(&client, &batch)
+            .map_err(store_err)?;
+        self.pending.remove(client, ids);
+        tracing::debug!(
+            stored = out.stored,
+            already_stored = out.already_stored,
+            referenced = out.referenced,
+            "chunks committed"
+        );
+        Ok(Committed {
+            stored: out.stored,
+            already_stored: out.already_stored,
+            referenced: out.referenced,
+        })
+    }
+
+    pub(super) fn locate(
+        &self,
+        client: ClientId,
+        fp: CertFingerprint,
+        l: LocateChunks,
+    ) -> Reply<Locations> {
+        check_batch("locate_chunks", l.ids.len())?;
+        let now = now_unix_ms();
+        let records = self
+            .store
+            .chunks_of_client(&client, &l.ids)
+            .map_err(store_err)?;
+        let nodes: HashMap<NodeId, NodeRecord> =
+            self.store.nodes().map_err(store_err)?.into_iter().collect();
+        let expires = self.order_expiry(now);
+        let get_order = |node: NodeId, packet: PacketName, size: u64| {
+            self.secrets.signer.sign(Order {
+                op: OrderOp::Get,
+                node,
+                packet,
+                size_bytes: size,
+                client: fp,
+                expires_unix_ms: expires,
+            })
+        };
+        let chunks = l
+            .ids
+            .iter()
+            .zip(records)
+            .map(|(id, rec)| {
+                rec.map(|rec| ChunkLocation {
+                    id: *id,
+                    k: rec.k,
+                    m: rec.m,
+                    shard_bytes: rec.shard_bytes,
+                    packets: rec
+                        .packets
+                        .iter()
+                        .map(|p| {
+                            let node = nodes.get(&p.node);
+                            LocatedPacket {
+                                index: p.index,
+                                node: p.node,
+                                addr: node.map(|n| n.addr.clone()).unwrap_or_default(),
+                                node_up: node.is_some_and(|n| {
+                                    node_state(n, now, self.settings.node_timeout) == NodeState::Up
+                                }),
+                                checksum: p.checksum,
+                                order: get_order(p.node, p.packet, rec.shard_bytes),
+                            }
+                        })
+                        .collect(),
+                })
+            })
+            .collect();
+        Ok(Locations { chunks })
+    }
+}

@@ -1,0 +1,250 @@
+//! The embedded [`MetaStore`]: one redb file, one write transaction per method.
+
+use std::path::{Path, PathBuf};
+
+use gridback_proto::coord_api::{LogEntry, SnapshotInfo, TreeChunk};
+use gridback_proto::{CertFingerprint, ChunkId, ClientId, NodeId, PacketName};
+use redb::{Database, ReadTransaction, TableDefinition, WriteTransaction};
+
+use super::{
+    CertRecord, ChunkRecord, ClientRecord, CommitBatch, CommitOutcome, GridStats, MetaStore,
+    NewLogEntry, NewMember, NodeRecord, SnapshotRow, StoreError, chunks, clients, log, nodes,
+    snapshots,
+};
+
+/// Certificate fingerprint → [`CertRecord`].
+pub(super) const CERTS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("certs");
+/// NodeId → [`NodeRecord`].
+pub(super) const NODES: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("nodes");
+/// ClientId → [`ClientRecord`].
+pub(super) const CLIENTS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("clients");
+/// ChunkId → [`ChunkRecord`]: the dedup index.
+pub(super) const CHUNKS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("chunks");
+/// (ChunkId, ClientId): every client referencing a chunk.
+pub(super) const CHUNK_REFS: TableDefinition<([u8; 32], [u8; 16]), ()> =
+    TableDefinition::new("chunk_refs");
+/// (ClientId, name) → [`SnapshotRow`].
+pub(super) const SNAPSHOTS: TableDefinition<([u8; 16], &str), &[u8]> =
+    TableDefinition::new("snapshots");
+/// (ClientId, snapshot name, ChunkId): the chunks a snapshot references.
+pub(super) const SNAPSHOT_CHUNKS: TableDefinition<([u8; 16], &str, [u8; 32]), ()> =
+    TableDefinition::new("snapshot_chunks");
+/// (NodeId, PacketName) → packet bytes: the target data record.
+pub(super) const NODE_PACKETS: TableDefinition<([u8; 16], [u8; 32]), u64> =
+    TableDefinition::new("node_packets");
+/// Sequence number → [`LogEntry`]: the global backup log.
+pub(super) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+/// Named counters kept in step with the tables (totals that would otherwise need a scan).
+pub(super) const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+
+/// Counter: distinct stored chunks.
+pub(super) const COUNTER_CHUNKS: &str = "chunk_count";
+/// Counter: packet bytes over all stored chunks.
+pub(super) const COUNTER_STORED_BYTES: &str = "stored_bytes";
+
+/// The redb-backed store.
+pub struct RedbStore {
+    db: Database,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RedbStore({})", self.path.display())
+    }
+}
+
+impl RedbStore {
+    /// Open (or create) the database and its tables. A database held by another coordinator
+    /// gives [`StoreError::Locked`].
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
+                path: path.to_path_buf(),
+            },
+            other => other.into(),
+        })?;
+        let tx = db.begin_write()?;
+        {
+            tx.open_table(CERTS)?;
+            tx.open_table(NODES)?;
+            tx.open_table(CLIENTS)?;
+            tx.open_table(CHUNKS)?;
+            tx.open_table(CHUNK_REFS)?;
+            tx.open_table(SNAPSHOTS)?;
+            tx.open_table(SNAPSHOT_CHUNKS)?;
+            tx.open_table(NODE_PACKETS)?;
+            tx.open_table(LOG)?;
+            tx.open_table(COUNTERS)?;
+        }
+        tx.commit()?;
+        Ok(Self {
+            db,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn read(&self) -> Result<ReadTransaction, StoreError> {
+        use redb::ReadableDatabase;
+        Ok(self.db.begin_read()?)
+    }
+
+    /// Run `f` in one durable write transaction; an error aborts everything it did.
+    fn write<T>(
+        &self,
+        durable: bool,
+        f: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut tx = self.db.begin_write()?;
+        if !durable {
+            tx.set_durability(redb::Durability::None)?;
+        }
+        match f(&tx) {
+            Ok(v) => {
+                tx.commit()?;
+                Ok(v)
+            }
+            Err(e) => {
+                // Dropping an uncommitted transaction also aborts it; abort explicitly so
+                // that an abort failure is not silently hidden behind `e`.
+                let _ = tx.abort();
+                Err(e)
+            }
+        }
+    }
+}
+
+impl MetaStore for RedbStore {
+    fn cert(&self, fp: &CertFingerprint) -> Result<Option<CertRecord>, StoreError> {
+        nodes::cert(&self.read()?, fp)
+    }
+
+    fn register(
+        &self,
+        fp: &CertFingerprint,
+        member: &NewMember,
+        entry: &NewLogEntry,
+    ) -> Result<(), StoreError> {
+        self.write(true, |tx| {
+            nodes::register(tx, fp, member)?;
+            log::append(tx, entry, gridback_proto::now_unix_ms()).map(drop)
+        })
+    }
+
+    fn node(&self, id: &NodeId) -> Result<Option<NodeRecord>, StoreError> {
+        nodes::node(&self.read()?, id)
+    }
+
+    fn nodes(&self) -> Result<Vec<(NodeId, NodeRecord)>, StoreError> {
+        nodes::all(&self.read()?)
+    }
+
+    fn update_node(
+        &self,
+        id: &NodeId,
+        rec: &NodeRecord,
+        entry: Option<&NewLogEntry>,
+    ) -> Result<(), StoreError> {
+        self.write(entry.is_some(), |tx| {
+            nodes::put(tx, id, rec)?;
+            if let Some(e) = entry {
+                log::append(tx, e, gridback_proto::now_unix_ms())?;
+            }
+            Ok(())
+        })
+    }
+
+    fn append_log(&self, entry: &NewLogEntry, now_unix_ms: u64) -> Result<u64, StoreError> {
+        self.write(true, |tx| log::append(tx, entry, now_unix_ms))
+    }
+
+    fn client(&self, id: &ClientId) -> Result<Option<ClientRecord>, StoreError> {
+        clients::get(&self.read()?, id)
+    }
+
+    fn update_client(&self, id: &ClientId, rec: &ClientRecord) -> Result<(), StoreError> {
+        self.write(true, |tx| clients::put(tx, id, rec))
+    }
+
+    fn chunks_present(&self, ids: &[ChunkId]) -> Result<Vec<bool>, StoreError> {
+        chunks::present(&self.read()?, ids)
+    }
+
+    fn chunks_of_client(
+        &self,
+        client: &ClientId,
+        ids: &[ChunkId],
+    ) -> Result<Vec<Option<ChunkRecord>>, StoreError> {
+        chunks::of_client(&self.read()?, client, ids)
+    }
+
+    fn commit_chunks(
+        &self,
+        client: &ClientId,
+        batch: &CommitBatch,
+    ) -> Result<CommitOutcome, StoreError> {
+        self.write(true, |tx| chunks::commit(tx, client, batch))
+    }
+
+    fn stats(&self) -> Result<GridStats, StoreError> {
+        chunks::stats(&self.read()?)
+    }
+
+    fn node_packets(&self, node: &NodeId) -> Result<Vec<(PacketName, u64)>, StoreError> {
+        chunks::node_packets(&self.read()?, node)
+    }
+
+    fn snapshot_create(
+        &self,
+        client: &ClientId,
+        name: &str,
+        from: Option<&str>,
+        now_unix_ms: u64,
+    ) -> Result<SnapshotInfo, StoreError> {
+        self.write(true, |tx| {
+            snapshots::create(tx, client, name, from, now_unix_ms)
+        })
+    }
+
+    fn snapshot_list(&self, client: &ClientId) -> Result<Vec<SnapshotInfo>, StoreError> {
+        snapshots::list(&self.read()?, client)
+    }
+
+    fn snapshot_get(
+        &self,
+        client: &ClientId,
+        name: &str,
+    ) -> Result<Option<SnapshotRow>, StoreError> {
+        snapshots::get(&self.read()?, client, name)
+    }
+
+    fn snapshot_seal(
+        &self,
+        client: &ClientId,
+        name: &str,
+        tree: &[TreeChunk],
+        tree_bytes: u64,
+        now_unix_ms: u64,
+    ) -> Result<SnapshotInfo, StoreError> {
+        self.write(true, |tx| {
+            snapshots::seal(tx, client, name, tree, tree_bytes, now_unix_ms)
+        })
+    }
+
+    fn chunk_refs_of_client(
+        &self,
+        client: &ClientId,
+        ids: &[ChunkId],
+    ) -> Result<Vec<bool>, StoreError> {
+        chunks::refs_of_client(&self.read()?, client, ids)
+    }
+
+    fn log_since(&self, since_seq: u64, limit: u32) -> Result<Vec<LogEntry>, StoreError> {
+        log::since(&self.read()?, since_seq, limit)
+    }
+}

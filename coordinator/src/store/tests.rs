@@ -1,0 +1,312 @@
+//! Round trips of every record family through a real redb file.
+
+use gridback_proto::coord_api::{ChunkCommit, PacketPlacement, Role, SnapshotState, TreeChunk};
+use gridback_proto::{CertFingerprint, ChunkId, ClientId, NodeId, PacketName};
+
+use super::*;
+
+fn client_rec() -> ClientRecord {
+    ClientRecord {
+        label: "c".into(),
+        joined_unix_ms: 1,
+        last_seen_unix_ms: 1,
+        pid: 7,
+        stored_bytes: 0,
+    }
+}
+
+fn node_rec(label: &str) -> NodeRecord {
+    NodeRecord {
+        label: label.into(),
+        addr: "127.0.0.1:9".into(),
+        capacity_bytes: 1 << 30,
+        used_bytes: 0,
+        packet_count: 0,
+        pid: 3,
+        last_heartbeat_unix_ms: 5,
+        joined_unix_ms: 4,
+    }
+}
+
+fn log(kind: &'static str) -> NewLogEntry {
+    NewLogEntry {
+        client: None,
+        node: None,
+        kind,
+        detail: String::new(),
+    }
+}
+
+fn chunk(id: ChunkId, nodes: &[NodeId]) -> ChunkCommit {
+    ChunkCommit {
+        id,
+        k: 1,
+        m: (nodes.len() - 1) as u8,
+        shard_bytes: 100,
+        packets: nodes
+            .iter()
+            .zip(0u8..)
+            .map(|(n, i)| PacketPlacement {
+                index: i,
+                node: *n,
+                packet: PacketName::random(),
+                checksum: [i; 32],
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev() // out of order on purpose: the record sorts by index
+            .collect(),
+    }
+}
+
+fn setup(path: &std::path::Path) -> (RedbStore, ClientId) {
+    let s = RedbStore::open(path).unwrap();
+    let c = ClientId::random();
+    s.register(
+        &CertFingerprint::random(),
+        &NewMember::Client(c, client_rec()),
+        &log("client.join"),
+    )
+    .unwrap();
+    (s, c)
+}
+
+#[test]
+fn members_and_certs_round_trip_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.redb");
+    let fp = CertFingerprint::random();
+    let n = NodeId::random();
+    {
+        let s = RedbStore::open(&path).unwrap();
+        s.register(&fp, &NewMember::Node(n, node_rec("a")), &log("node.join"))
+            .unwrap();
+        assert!(matches!(
+            s.register(
+                &fp,
+                &NewMember::Node(NodeId::random(), node_rec("b")),
+                &log("node.join")
+            ),
+            Err(StoreError::Conflict(_))
+        ));
+        let mut r = node_rec("a");
+        r.used_bytes = 42;
+        s.update_node(&n, &r, None).unwrap();
+        // A later durable commit makes the non-durable heartbeat durable too.
+        s.append_log(&log("x"), 9).unwrap();
+    }
+    let s = RedbStore::open(&path).unwrap();
+    assert_eq!(
+        s.cert(&fp).unwrap(),
+        Some(CertRecord {
+            role: Role::Node,
+            id: n.0
+        })
+    );
+    assert_eq!(s.node(&n).unwrap().unwrap().used_bytes, 42);
+    assert_eq!(s.nodes().unwrap().len(), 1);
+    assert!(s.cert(&CertFingerprint::random()).unwrap().is_none());
+    let kinds: Vec<_> = s
+        .log_since(0, 10)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.seq, e.kind))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![(1, "node.join".to_string()), (2, "x".to_string())]
+    );
+    assert_eq!(s.log_since(2, 10).unwrap().len(), 1);
+    assert_eq!(s.log_since(1, 1).unwrap().len(), 1);
+}
+
+#[test]
+fn second_open_of_a_locked_database_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.redb");
+    let _s = RedbStore::open(&path).unwrap();
+    let e = RedbStore::open(&path).unwrap_err();
+    assert!(matches!(e, StoreError::Locked { .. }), "{e:?}");
+    assert!(
+        e.to_string()
+            .contains("already open by another coordinator"),
+        "{e}"
+    );
+}
+
+#[test]
+fn commit_dedups_refs_and_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, c) = setup(&dir.path().join("m.redb"));
+    let nodes = [NodeId::random(), NodeId::random(), NodeId::random()];
+    let id = ChunkId::random();
+    let batch = |chunks: Vec<ChunkCommit>, refs: Vec<ChunkId>, snap: &str| CommitBatch {
+        snapshot: snap.into(),
+        chunks,
+        refs,
+        now_unix_ms: 10,
+    };
+    // No snapshot yet.
+    assert!(matches!(
+        s.commit_chunks(&c, &batch(vec![chunk(id, &nodes)], vec![], "s")),
+        Err(StoreError::NotFound(_))
+    ));
+    s.snapshot_create(&c, "s", None, 1).unwrap();
+    let out = s
+        .commit_chunks(&c, &batch(vec![chunk(id, &nodes)], vec![], "s"))
+        .unwrap();
+    assert_eq!(
+        out,
+        CommitOutcome {
+            stored: 1,
+            already_stored: 0,
+            referenced: 1,
+            stored_bytes: 300
+        }
+    );
+    assert_eq!(
+        s.chunks_present(&[id, ChunkId::random()]).unwrap(),
+        vec![true, false]
+    );
+    let rec = s
+        .chunks_of_client(&c, &[id])
+        .unwrap()
+        .pop()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        rec.packets.iter().map(|p| p.index).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+    assert_eq!(rec.committed_by, c);
+    assert_eq!(s.node_packets(&nodes[1]).unwrap().len(), 1);
+    assert_eq!(
+        s.stats().unwrap(),
+        GridStats {
+            chunk_count: 1,
+            stored_bytes: 300
+        }
+    );
+    assert_eq!(s.client(&c).unwrap().unwrap().stored_bytes, 300);
+
+    // A second client: unknown ref aborts the whole commit; a known ref is added.
+    let c2 = ClientId::random();
+    s.register(
+        &CertFingerprint::random(),
+        &NewMember::Client(c2, client_rec()),
+        &log("client.join"),
+    )
+    .unwrap();
+    s.snapshot_create(&c2, "t", None, 1).unwrap();
+    assert!(
+        s.chunks_of_client(&c2, &[id]).unwrap()[0].is_none(),
+        "not referenced yet"
+    );
+    let unknown = ChunkId::random();
+    assert!(matches!(
+        s.commit_chunks(&c2, &batch(vec![], vec![id, unknown], "t")),
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(
+        s.chunk_refs_of_client(&c2, &[id]).unwrap(),
+        vec![false],
+        "aborted commit left nothing"
+    );
+    let out = s
+        .commit_chunks(&c2, &batch(vec![chunk(id, &nodes[..1])], vec![], "t"))
+        .unwrap();
+    assert_eq!((out.stored, out.already_stored, out.referenced), (0, 1, 1));
+    assert_eq!(s.chunk_refs_of_client(&c2, &[id]).unwrap(), vec![true]);
+    assert_eq!(s.stats().unwrap().chunk_count, 1, "one stored copy per id");
+    // The stored copy is still the first one (3 packets).
+    assert_eq!(
+        s.chunks_of_client(&c2, &[id]).unwrap()[0]
+            .as_ref()
+            .unwrap()
+            .packets
+            .len(),
+        3
+    );
+    let commits = s
+        .log_since(0, 100)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "chunks.commit")
+        .count();
+    assert_eq!(commits, 2);
+}
+
+#[test]
+fn snapshots_create_clone_seal_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, c) = setup(&dir.path().join("m.redb"));
+    let nodes = [NodeId::random()];
+    let (a, b) = (ChunkId::random(), ChunkId::random());
+    s.snapshot_create(&c, "one", None, 1).unwrap();
+    assert!(matches!(
+        s.snapshot_create(&c, "one", None, 1),
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.snapshot_create(&c, "x", Some("nope"), 1),
+        Err(StoreError::NotFound(_))
+    ));
+    let batch = CommitBatch {
+        snapshot: "one".into(),
+        chunks: vec![chunk(a, &nodes), chunk(b, &nodes)],
+        refs: vec![a],
+        now_unix_ms: 2,
+    };
+    assert_eq!(s.commit_chunks(&c, &batch).unwrap().referenced, 2);
+    let two = s.snapshot_create(&c, "two", Some("one"), 3).unwrap();
+    assert_eq!(two.chunk_refs, 2);
+    let tree = vec![TreeChunk { id: b, len: 50 }];
+    assert!(matches!(
+        s.snapshot_seal(
+            &c,
+            "one",
+            &[TreeChunk {
+                id: ChunkId::random(),
+                len: 1
+            }],
+            1,
+            4
+        ),
+        Err(StoreError::NotFound(_))
+    ));
+    let sealed = s.snapshot_seal(&c, "one", &tree, 50, 5).unwrap();
+    assert_eq!(
+        (sealed.state, sealed.sealed_unix_ms, sealed.tree_bytes),
+        (SnapshotState::Sealed, Some(5), 50)
+    );
+    assert!(matches!(
+        s.snapshot_seal(&c, "one", &tree, 50, 6),
+        Err(StoreError::Conflict(_))
+    ));
+    let bad = CommitBatch {
+        snapshot: "one".into(),
+        chunks: vec![],
+        refs: vec![a],
+        now_unix_ms: 7,
+    };
+    assert!(matches!(
+        s.commit_chunks(&c, &bad),
+        Err(StoreError::Conflict(_))
+    ));
+    let row = s.snapshot_get(&c, "one").unwrap().unwrap();
+    assert_eq!(row.tree, tree);
+    let names: Vec<_> = s
+        .snapshot_list(&c)
+        .unwrap()
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    assert_eq!(names, vec!["one", "two"]);
+    // Another client sees none of them.
+    assert!(s.snapshot_list(&ClientId::random()).unwrap().is_empty());
+    assert!(
+        s.snapshot_get(&ClientId::random(), "one")
+            .unwrap()
+            .is_none()
+    );
+}

@@ -1,0 +1,276 @@
+//! `FsCore`: the filesystem's logic, async and free of FUSE types, so it can be driven by
+//! the kernel adapter (`crate::fuse`), by the control socket and by tests alike.
+//!
+//! Layout: `MOUNT/` holds only `snapshots/`; each entry there is a snapshot root. Open
+//! snapshots are writable; sealed ones answer every mutation with EROFS.
+//!
+//! Lock order: `FsCore::open_files` (std mutex, never held across `.await`) before any
+//! `OpenFile::state` (tokio mutex, may be held across an upload).
+
+mod cache;
+mod error;
+pub mod namespace;
+mod open_file;
+pub mod snapshots;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+pub use cache::ChunkCache;
+pub use error::FsError;
+pub use open_file::OpenFile;
+
+use crate::grid::Grid;
+use crate::meta::{Inode, Kind, LocalState, MetaStore, ROOT_INO, SNAPSHOTS_INO, Time};
+use crate::tree::TreeCipher;
+
+/// Longest name component, in bytes.
+pub const NAME_MAX: usize = 255;
+
+/// Tunables of the core.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// Bytes of decoded chunks kept in memory.
+    pub cache_bytes: usize,
+    /// Chunks fetched ahead of a sequential reader.
+    pub readahead_chunks: usize,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        Self { cache_bytes: 256 << 20, readahead_chunks: 4 }
+    }
+}
+
+/// Attributes of an inode as the kernel sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    /// Inode number.
+    pub ino: u64,
+    /// The record (size already reflects unflushed writes).
+    pub inode: Inode,
+}
+
+/// One directory entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    /// Inode number.
+    pub ino: u64,
+    /// Kind.
+    pub kind: Kind,
+    /// Name.
+    pub name: Vec<u8>,
+}
+
+/// Per-handle state.
+#[derive(Debug, Clone, Copy)]
+struct Handle {
+    ino: u64,
+    write: bool,
+    /// End offset of the previous read, to detect sequential reads for readahead.
+    last_read_end: u64,
+}
+
+/// The filesystem core.
+pub struct FsCore {
+    meta: Arc<MetaStore>,
+    grid: Arc<dyn Grid>,
+    cipher: Arc<dyn TreeCipher>,
+    cache: Arc<ChunkCache>,
+    spool_dir: PathBuf,
+    config: CoreConfig,
+    open_files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+    /// Serialises snapshot creation, sealing and tree imports.
+    snapshot_lock: tokio::sync::Mutex<()>,
+    mounted_at: Time,
+}
+
+impl std::fmt::Debug for FsCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FsCore").field("spool_dir", &self.spool_dir).finish()
+    }
+}
+
+impl FsCore {
+    /// Open the core over a state directory (`meta.redb`, `spool/`), recovering from a crash:
+    /// files created but never committed are removed, stale spool files are dropped.
+    pub fn new(
+        state_dir: &Path,
+        grid: Arc<dyn Grid>,
+        cipher: Arc<dyn TreeCipher>,
+        config: CoreConfig,
+    ) -> Result<Self, FsError> {
+        std::fs::create_dir_all(state_dir)?;
+        let spool_dir = state_dir.join("spool");
+        std::fs::create_dir_all(&spool_dir)?;
+        let meta = Arc::new(MetaStore::open(&state_dir.join("meta.redb"))?);
+        let core = Self {
+            cache: Arc::new(ChunkCache::new(grid.clone(), config.cache_bytes)),
+            meta,
+            grid,
+            cipher,
+            spool_dir,
+            config,
+            open_files: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            snapshot_lock: tokio::sync::Mutex::new(()),
+            mounted_at: Time::now(),
+        };
+        core.recover()?;
+        Ok(core)
+    }
+
+    fn recover(&self) -> Result<(), FsError> {
+        let provisional = self.meta.provisional_inodes()?;
+        if !provisional.is_empty() {
+            tracing::warn!(count = provisional.len(), "removing files whose writes never completed");
+        }
+        for (ino, inode) in provisional {
+            let mut tx = self.meta.write()?;
+            let entries = self.meta.list_dir(inode.parent, None, usize::MAX)?;
+            for (name, child) in entries {
+                if child == ino {
+                    tx.remove_dirent(inode.parent, &name)?;
+                }
+            }
+            tx.remove_inode(ino)?;
+            tx.commit()?;
+        }
+        for entry in std::fs::read_dir(&self.spool_dir)? {
+            let entry = entry?;
+            tracing::info!(file = ?entry.path(), "dropping spool of an uncommitted write");
+            std::fs::remove_file(entry.path())?;
+        }
+        Ok(())
+    }
+
+    /// The grid behind this core.
+    pub fn grid(&self) -> &Arc<dyn Grid> {
+        &self.grid
+    }
+
+    /// The chunk cache (for tests and stats).
+    pub fn cache(&self) -> &ChunkCache {
+        &self.cache
+    }
+
+    fn synthetic_dir(&self, ino: u64) -> Attr {
+        let t = self.mounted_at;
+        Attr {
+            ino,
+            inode: Inode {
+                kind: Kind::Dir,
+                perm: 0o755,
+                uid: 0,
+                gid: 0,
+                size: 0,
+                atime: t,
+                mtime: t,
+                ctime: t,
+                nlink: 2,
+                parent: ROOT_INO,
+                snapshot: 0,
+                symlink: None,
+                xattrs: Default::default(),
+                provisional: false,
+            },
+        }
+    }
+
+    fn load_inode(&self, ino: u64) -> Result<Inode, FsError> {
+        self.meta.inode(ino)?.ok_or(FsError::NotFound)
+    }
+
+    /// State of the snapshot an inode belongs to.
+    fn snapshot_state(&self, snapshot_root: u64) -> Result<LocalState, FsError> {
+        for (_, s) in self.meta.snapshots()? {
+            if s.root == Some(snapshot_root) {
+                return Ok(s.state);
+            }
+        }
+        Err(FsError::NotFound)
+    }
+
+    /// Fail with EROFS unless `inode` lives in an open snapshot.
+    fn check_writable(&self, ino: u64, inode: &Inode) -> Result<(), FsError> {
+        if ino == ROOT_INO || ino == SNAPSHOTS_INO || inode.snapshot == 0 {
+            return Err(FsError::ReadOnly("only snapshot contents are writable"));
+        }
+        match self.snapshot_state(inode.snapshot)? {
+            LocalState::Open => Ok(()),
+            LocalState::Sealed => Err(FsError::ReadOnly("snapshot is sealed")),
+        }
+    }
+
+    fn alloc_fh(&self, ino: u64, write: bool) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fh, Handle { ino, write, last_read_end: 0 });
+        fh
+    }
+
+    fn handle(&self, fh: u64) -> Result<Handle, FsError> {
+        self.handles.lock().unwrap_or_else(|p| p.into_inner()).get(&fh).copied().ok_or(FsError::BadHandle)
+    }
+
+    /// Attributes of an inode.
+    pub async fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
+        if ino == ROOT_INO || ino == SNAPSHOTS_INO {
+            return Ok(self.synthetic_dir(ino));
+        }
+        let mut inode = self.load_inode(ino)?;
+        if let Some(of) = self.open_file_if_any(ino) {
+            of.overlay(&mut inode).await;
+        }
+        Ok(Attr { ino, inode })
+    }
+}
+
+/// Check a name component.
+pub fn valid_name(name: &[u8]) -> Result<(), FsError> {
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
+    {
+        return Err(FsError::Invalid("bad name"));
+    }
+    if name.len() > NAME_MAX {
+        return Err(FsError::NameTooLong);
+    }
+    Ok(())
+}
+
+/// Filesystem-wide numbers for statfs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatFs {
+    /// Total blocks.
+    pub blocks: u64,
+    /// Free blocks.
+    pub bfree: u64,
+    /// Free blocks for unprivileged users.
+    pub bavail: u64,
+    /// Inodes.
+    pub files: u64,
+    /// Free inodes.
+    pub ffree: u64,
+}
+
+impl FsCore {
+    /// statfs numbers. Until subscriptions report a quota, the mount advertises a large
+    /// virtual capacity (1 PiB) so that programs checking free space do not refuse to copy.
+    pub fn statfs(&self) -> StatFs {
+        const VIRTUAL_BLOCKS: u64 = (1u64 << 50) / 4096;
+        StatFs {
+            blocks: VIRTUAL_BLOCKS,
+            bfree: VIRTUAL_BLOCKS,
+            bavail: VIRTUAL_BLOCKS,
+            files: 1 << 40,
+            ffree: 1 << 40,
+        }
+    }
+}

@@ -1,0 +1,430 @@
+//! Open files: the spool that holds a file's bytes while it is being written, and the read,
+//! write, flush, fsync and release paths.
+//!
+//! A file opened for writing gets a spool file (`spool/<ino>`) the first time it is written
+//! or truncated. Writes land in the spool at any offset; reads of that file are served from
+//! it. At flush (close) or fsync the spool is streamed through the grid pipeline and the new
+//! chunk list is committed in the local metadata in one durable transaction; only then does
+//! the call succeed. A crash before that leaves the previous committed version (or, for a
+//! file created by the interrupted write, no file at all).
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::{Attr, FsCore, FsError};
+use crate::grid::ChunkRef;
+use crate::meta::{Inode, Kind, Time};
+
+/// Largest plaintext written into the spool in one piece while materialising old content.
+const MATERIALIZE_BATCH: usize = 8;
+
+#[derive(Debug, Default)]
+struct FileState {
+    /// The spool, when the file's current bytes live there.
+    spool: Option<File>,
+    /// Current size (authoritative while `spool` is set).
+    size: u64,
+    /// Bytes in the spool not yet committed.
+    dirty: bool,
+    /// mtime to apply at commit (set by writes, cleared by an explicit utimens).
+    pending_mtime: Option<Time>,
+    /// Open handles.
+    handles: u32,
+}
+
+/// A file with open handles or pending writes.
+#[derive(Debug)]
+pub struct OpenFile {
+    ino: u64,
+    spool_path: PathBuf,
+    state: tokio::sync::Mutex<FileState>,
+}
+
+impl OpenFile {
+    /// Forget the mtime a write set (an explicit utimens takes precedence).
+    pub async fn clear_pending_mtime(&self) {
+        self.state.lock().await.pending_mtime = None;
+    }
+
+    /// Apply unflushed size and mtime to an inode record.
+    pub async fn overlay(&self, inode: &mut Inode) {
+        let st = self.state.lock().await;
+        if st.spool.is_some() {
+            inode.size = st.size;
+        }
+        if let Some(t) = st.pending_mtime {
+            inode.mtime = t;
+        }
+    }
+}
+
+/// The chunk list of a file with each chunk's start offset.
+#[derive(Debug)]
+pub(super) struct Layout {
+    chunks: Vec<ChunkRef>,
+    starts: Vec<u64>,
+}
+
+impl Layout {
+    fn new(chunks: Vec<ChunkRef>) -> Self {
+        let mut starts = Vec::with_capacity(chunks.len());
+        let mut off = 0u64;
+        for c in &chunks {
+            starts.push(off);
+            off += u64::from(c.len);
+        }
+        Self { chunks, starts }
+    }
+
+    /// Index of the chunk holding `offset`.
+    fn index_of(&self, offset: u64) -> Option<usize> {
+        match self.starts.binary_search(&offset) {
+            Ok(i) => Some(i),
+            Err(0) => None,
+            Err(i) => Some(i - 1),
+        }
+        .filter(|&i| i < self.chunks.len())
+    }
+}
+
+impl FsCore {
+    pub(super) fn open_file_if_any(&self, ino: u64) -> Option<Arc<OpenFile>> {
+        self.open_files.lock().unwrap_or_else(|p| p.into_inner()).get(&ino).cloned()
+    }
+
+    fn open_file(&self, ino: u64) -> Arc<OpenFile> {
+        let mut m = self.open_files.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(ino)
+            .or_insert_with(|| {
+                Arc::new(OpenFile {
+                    ino,
+                    spool_path: self.spool_dir.join(ino.to_string()),
+                    state: tokio::sync::Mutex::new(FileState::default()),
+                })
+            })
+            .clone()
+    }
+
+    fn layout(&self, ino: u64) -> Result<Arc<Layout>, FsError> {
+        Ok(Arc::new(Layout::new(self.meta.content(ino)?)))
+    }
+
+    /// Make sure the file's bytes are in its spool; with `keep`, copy the committed content
+    /// in first (without it the spool starts empty, as for O_TRUNC).
+    async fn ensure_spool(&self, of: &OpenFile, st: &mut FileState, keep: bool) -> Result<(), FsError> {
+        if st.spool.is_some() {
+            return Ok(());
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&of.spool_path)?;
+        let mut size = 0u64;
+        if keep {
+            let layout = self.layout(of.ino)?;
+            for batch in layout.chunks.chunks(MATERIALIZE_BATCH) {
+                let fetches = batch.iter().map(|c| self.cache.get(*c));
+                for data in futures::future::try_join_all(fetches).await? {
+                    file.write_all_at(&data, size)?;
+                    size += data.len() as u64;
+                }
+            }
+        }
+        st.spool = Some(file);
+        st.size = size;
+        Ok(())
+    }
+
+    /// Open an existing inode. `write` asks for write access; `truncate` is O_TRUNC.
+    pub async fn open(&self, ino: u64, write: bool, truncate: bool) -> Result<u64, FsError> {
+        let inode = self.load_inode(ino)?;
+        if inode.kind == Kind::Dir {
+            return Err(FsError::IsDir);
+        }
+        if write {
+            self.check_writable(ino, &inode)?;
+        }
+        let of = self.open_file(ino);
+        let mut st = of.state.lock().await;
+        st.handles += 1;
+        if write && truncate {
+            self.ensure_spool(&of, &mut st, false).await?;
+            if let Some(f) = &st.spool {
+                f.set_len(0)?;
+            }
+            st.size = 0;
+            st.dirty = true;
+            st.pending_mtime = Some(Time::now());
+        }
+        drop(st);
+        Ok(self.alloc_fh(ino, write))
+    }
+
+    /// Register a handle for a freshly created file.
+    pub(super) async fn open_created(&self, ino: u64) -> Result<u64, FsError> {
+        let of = self.open_file(ino);
+        let mut st = of.state.lock().await;
+        st.handles += 1;
+        self.ensure_spool(&of, &mut st, false).await?;
+        drop(st);
+        Ok(self.alloc_fh(ino, true))
+    }
+
+    /// Write at any offset.
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
+        let h = self.handle(fh)?;
+        if !h.write {
+            return Err(FsError::BadHandle);
+        }
+        let of = self.open_file(h.ino);
+        let mut st = of.state.lock().await;
+        self.ensure_spool(&of, &mut st, true).await?;
+        let spool = st.spool.as_ref().ok_or(FsError::BadHandle)?;
+        spool.write_all_at(data, offset)?;
+        st.size = st.size.max(offset + data.len() as u64);
+        st.dirty = true;
+        st.pending_mtime = Some(Time::now());
+        Ok(data.len() as u32)
+    }
+
+    /// Read up to `size` bytes at `offset`.
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        let h = self.handle(fh)?;
+        if let Some(of) = self.open_file_if_any(h.ino) {
+            let st = of.state.lock().await;
+            if let Some(spool) = &st.spool {
+                let end = st.size.min(offset.saturating_add(u64::from(size)));
+                if offset >= end {
+                    return Ok(Vec::new());
+                }
+                let mut buf = vec![0u8; (end - offset) as usize];
+                let mut done = 0;
+                while done < buf.len() {
+                    let n = spool.read_at(&mut buf[done..], offset + done as u64)?;
+                    if n == 0 {
+                        break; // a hole past the spool's end reads as zeros
+                    }
+                    done += n;
+                }
+                return Ok(buf);
+            }
+        }
+        let inode = self.load_inode(h.ino)?;
+        let end = inode.size.min(offset.saturating_add(u64::from(size)));
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let layout = self.layout(h.ino)?;
+        let sequential = h.last_read_end == offset;
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        let mut pos = offset;
+        let first = layout.index_of(offset).ok_or(FsError::Invalid("offset past content"))?;
+        let mut i = first;
+        while pos < end && i < layout.chunks.len() {
+            let data = self.cache.get(layout.chunks[i]).await?;
+            let start = layout.starts[i];
+            let from = (pos - start) as usize;
+            let to = ((end - start) as usize).min(data.len());
+            if from >= to {
+                break;
+            }
+            out.extend_from_slice(&data[from..to]);
+            pos = start + to as u64;
+            i += 1;
+        }
+        if sequential {
+            self.readahead(&layout, i);
+        }
+        if let Some(hh) = self.handles.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&fh) {
+            hh.last_read_end = pos;
+        }
+        Ok(out)
+    }
+
+    fn readahead(&self, layout: &Layout, from: usize) {
+        let n = self.config.readahead_chunks;
+        for c in layout.chunks.iter().skip(from).take(n) {
+            let cache = self.cache.clone();
+            let c = *c;
+            tokio::spawn(async move {
+                if let Err(e) = cache.get(c).await {
+                    tracing::debug!(chunk = %c.id, error = %e, "readahead failed");
+                }
+            });
+        }
+    }
+
+    /// Commit an open file's spool if it has unsaved bytes (or was never committed).
+    async fn commit(&self, of: &OpenFile) -> Result<(), FsError> {
+        let mut st = of.state.lock().await;
+        let Some(mut inode) = self.meta.inode(of.ino)? else {
+            st.dirty = false;
+            return Ok(());
+        };
+        if inode.nlink == 0 {
+            st.dirty = false;
+            return Ok(());
+        }
+        if !st.dirty && !inode.provisional {
+            return Ok(());
+        }
+        let mut chunks = None;
+        if st.dirty {
+            let snapshot = self.snapshot_name(inode.snapshot)?;
+            let size = st.size;
+            let reader = File::open(&of.spool_path)?.take(size);
+            let stored = self.grid.store_reader(snapshot, Box::new(reader)).await?;
+            if stored.len != size {
+                return Err(FsError::Io(std::io::Error::other(format!(
+                    "spool of inode {} changed during commit ({} of {size} bytes)",
+                    of.ino, stored.len
+                ))));
+            }
+            chunks = Some(stored.chunks);
+            inode.size = size;
+            if let Some(t) = st.pending_mtime.take() {
+                inode.mtime = t;
+            }
+            inode.ctime = Time::now();
+        }
+        inode.provisional = false;
+        let mut tx = self.meta.write()?;
+        if let Some(c) = &chunks {
+            tx.put_content(of.ino, c)?;
+        }
+        tx.put_inode(of.ino, &inode)?;
+        tx.commit()?;
+        st.dirty = false;
+        Ok(())
+    }
+
+    /// flush(2) at close: make the file durable before close returns.
+    pub async fn flush(&self, fh: u64) -> Result<(), FsError> {
+        let h = self.handle(fh)?;
+        if !h.write {
+            return Ok(());
+        }
+        let of = self.open_file(h.ino);
+        self.commit(&of).await
+    }
+
+    /// fsync(2).
+    pub async fn fsync(&self, fh: u64) -> Result<(), FsError> {
+        self.flush(fh).await
+    }
+
+    /// Last close of a handle.
+    pub async fn release(&self, fh: u64) -> Result<(), FsError> {
+        let h = self
+            .handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh)
+            .ok_or(FsError::BadHandle)?;
+        let of = self.open_file(h.ino);
+        let last = {
+            let mut st = of.state.lock().await;
+            st.handles = st.handles.saturating_sub(1);
+            st.handles == 0
+        };
+        if !last {
+            return Ok(());
+        }
+        let result = self.commit(&of).await;
+        self.drop_open_file(&of).await?;
+        result
+    }
+
+    /// Forget an open file with no handles: remove its spool, and the inode if unlinked.
+    async fn drop_open_file(&self, of: &Arc<OpenFile>) -> Result<(), FsError> {
+        let mut st = of.state.lock().await;
+        if st.handles > 0 || st.dirty {
+            return Ok(());
+        }
+        if st.spool.take().is_some() {
+            match std::fs::remove_file(&of.spool_path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        drop(st);
+        self.open_files.lock().unwrap_or_else(|p| p.into_inner()).remove(&of.ino);
+        if let Some(inode) = self.meta.inode(of.ino)?
+            && inode.nlink == 0
+        {
+            let mut tx = self.meta.write()?;
+            tx.remove_inode(of.ino)?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Change the size of a file (truncate up or down), open or not.
+    pub(super) async fn set_size(&self, ino: u64, size: u64) -> Result<(), FsError> {
+        let of = self.open_file(ino);
+        let no_handles = {
+            let mut st = of.state.lock().await;
+            self.ensure_spool(&of, &mut st, size > 0).await?;
+            if let Some(f) = &st.spool {
+                f.set_len(size)?;
+            }
+            st.size = size;
+            st.dirty = true;
+            st.pending_mtime = Some(Time::now());
+            st.handles == 0
+        };
+        if no_handles {
+            // Nobody holds the file open: the truncate must be durable on its own.
+            self.commit(&of).await?;
+            self.drop_open_file(&of).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether any file of the snapshot rooted at `root` is open for writing or unsaved.
+    pub(super) async fn open_writers_in(&self, root: u64) -> Result<Vec<u64>, FsError> {
+        let files: Vec<Arc<OpenFile>> =
+            self.open_files.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let writers: Vec<u64> = self
+            .handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|h| h.write)
+            .map(|h| h.ino)
+            .collect();
+        let mut busy = Vec::new();
+        for of in files {
+            let dirty = of.state.lock().await.dirty;
+            if (dirty || writers.contains(&of.ino))
+                && self.meta.inode(of.ino)?.is_some_and(|i| i.snapshot == root)
+            {
+                busy.push(of.ino);
+            }
+        }
+        Ok(busy)
+    }
+
+    /// Commit every dirty file of a snapshot (used by a forced seal).
+    pub(super) async fn commit_all_in(&self, root: u64) -> Result<(), FsError> {
+        let files: Vec<Arc<OpenFile>> =
+            self.open_files.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        for of in files {
+            if self.meta.inode(of.ino)?.is_some_and(|i| i.snapshot == root) {
+                self.commit(&of).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Attributes after an operation that may have changed them.
+    pub(super) async fn attr(&self, ino: u64) -> Result<Attr, FsError> {
+        self.getattr(ino).await
+    }
+}

@@ -1,0 +1,159 @@
+//! Typed calls to storage nodes: put and get one packet, each carrying its coordinator-signed
+//! order. One pooled QUIC connection per node (server name `<node>.node.gridback`, so the
+//! client also proves it reached the node it meant), one stream per packet.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gridback_proto::node_api::{GetPacket, PacketData, PutAck, PutPacket};
+use gridback_proto::tls::node_server_name;
+use gridback_proto::transport::{CallError, ConnPool, DEFAULT_CALL_TIMEOUT};
+use gridback_proto::{NodeId, SignedOrder};
+use tracing::{Instrument, debug_span};
+
+/// After a failed dial, a node is reported down without dialling again for this long: a dial
+/// to a vanished node costs the full handshake timeout, and a batch may hold many packets for
+/// it. Short, so a restarted node is used again soon.
+const DOWN_MEMORY: Duration = Duration::from_secs(10);
+
+/// A client of the storage nodes. Cheap to clone (shared state).
+#[derive(Debug, Clone)]
+pub struct NodeClient {
+    pool: ConnPool,
+    timeout: Duration,
+    /// Nodes whose last dial failed, with when.
+    down: Arc<Mutex<HashMap<NodeId, Instant>>>,
+    /// One dial at a time per node, so concurrent calls to a dead node fail after one attempt.
+    dial_locks: Arc<Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+/// Why a packet transfer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// The call failed (connection, timeout, or the node refused).
+    #[error(transparent)]
+    Call(#[from] CallError),
+    /// The bytes do not hash to the expected checksum.
+    #[error("checksum mismatch on node {node}")]
+    Checksum {
+        /// The node that sent or acknowledged the bytes.
+        node: NodeId,
+    },
+    /// A recent dial to the node failed; it was not tried again.
+    #[error("node {node} is unreachable (a dial failed {ago_ms} ms ago)")]
+    Down {
+        /// The node.
+        node: NodeId,
+        /// Since the failed dial.
+        ago_ms: u64,
+    },
+    /// The packet has the wrong size.
+    #[error("node {node} returned {got} bytes, expected {expected}")]
+    Size {
+        /// The node.
+        node: NodeId,
+        /// Bytes received.
+        got: usize,
+        /// Bytes expected.
+        expected: usize,
+    },
+}
+
+impl NodeClient {
+    /// Calls go through `pool`, each with the default deadline.
+    pub fn new(pool: ConnPool) -> Self {
+        Self { pool, timeout: DEFAULT_CALL_TIMEOUT, down: Arc::default(), dial_locks: Arc::default() }
+    }
+
+    fn check_down(&self, node: NodeId) -> Result<(), TransferError> {
+        let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        match down.get(&node).map(Instant::elapsed) {
+            Some(ago) if ago < DOWN_MEMORY => {
+                Err(TransferError::Down { node, ago_ms: ago.as_millis() as u64 })
+            }
+            Some(_) => {
+                down.remove(&node);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Make sure a connection to `node` exists (dialling at most once at a time per node).
+    async fn ensure_connected(&self, node: NodeId, addr: &str) -> Result<(), TransferError> {
+        self.check_down(node)?;
+        let lock = {
+            let mut locks = self.dial_locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.entry(node).or_default().clone()
+        };
+        let _dial = lock.lock().await;
+        self.check_down(node)?;
+        match self.pool.get(addr, &node_server_name(node)).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.down.lock().unwrap_or_else(|p| p.into_inner()).insert(node, Instant::now());
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Whether a dial to `node` failed recently.
+    pub fn is_down(&self, node: NodeId) -> bool {
+        self.check_down(node).is_err()
+    }
+
+    /// Change the per-call deadline.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Store a packet; returns the node's acknowledgement once it is durable, after checking
+    /// that the node hashed the same bytes we sent.
+    pub async fn put(
+        &self,
+        node: NodeId,
+        addr: &str,
+        order: SignedOrder,
+        data: Vec<u8>,
+    ) -> Result<PutAck, TransferError> {
+        let expected = blake3::hash(&data);
+        let span = debug_span!("put", node = %node, bytes = data.len());
+        self.ensure_connected(node, addr).await?;
+        let ack = self
+            .pool
+            .call(addr, &node_server_name(node), PutPacket { order, data }, self.timeout)
+            .instrument(span)
+            .await?;
+        if blake3::Hash::from_bytes(ack.checksum) != expected {
+            return Err(TransferError::Checksum { node });
+        }
+        Ok(ack)
+    }
+
+    /// Read a packet and check it against the checksum recorded at commit and its size.
+    pub async fn get(
+        &self,
+        node: NodeId,
+        addr: &str,
+        order: SignedOrder,
+        checksum: [u8; 32],
+        expected_len: usize,
+    ) -> Result<Vec<u8>, TransferError> {
+        let span = debug_span!("get", node = %node);
+        self.ensure_connected(node, addr).await?;
+        let PacketData { data, .. } = self
+            .pool
+            .call(addr, &node_server_name(node), GetPacket { order }, self.timeout)
+            .instrument(span)
+            .await?;
+        if data.len() != expected_len {
+            return Err(TransferError::Size { node, got: data.len(), expected: expected_len });
+        }
+        if blake3::hash(&data) != blake3::Hash::from_bytes(checksum) {
+            return Err(TransferError::Checksum { node });
+        }
+        Ok(data)
+    }
+}

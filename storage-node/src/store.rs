@@ -1,0 +1,390 @@
+//! `PacketStore`: the allocated storage. One file per packet under
+//! `DATA/packets/<first 2 hex>/<64 hex name>`, each carrying its own checksum (see
+//! [`format`]).
+//!
+//! A put writes a temp file in the packet's directory, fsyncs it, links it into place (which
+//! fails if the name is taken, so two concurrent puts of one name cannot both win) and fsyncs
+//! the directory; only then is it acknowledged. Used bytes (file sizes, headers included) and
+//! the packet count are kept in atomics: a put reserves its bytes before writing and releases
+//! them if it fails, so concurrent puts can never overshoot the capacity.
+
+pub mod format;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use gridback_proto::PacketName;
+use gridback_proto::node_api::{PacketData, PutAck};
+use tracing::{info, warn};
+
+use crate::error::StoreError;
+use format::{HEADER_LEN, Header};
+
+/// Directory under the data dir that holds the packets.
+pub const PACKETS_DIR: &str = "packets";
+/// Suffix of temp files; any left at start-up are from an interrupted put and are removed.
+const TEMP_SUFFIX: &str = ".tmp";
+
+/// How much of the allocated storage is in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreUsage {
+    /// The byte limit.
+    pub capacity_bytes: u64,
+    /// Bytes in packet files, headers included.
+    pub used_bytes: u64,
+    /// Packets held.
+    pub packet_count: u64,
+}
+
+/// The packet store of one node. Cheap to clone; clones share the same state.
+#[derive(Debug, Clone)]
+pub struct PacketStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    dir: PathBuf,
+    capacity_bytes: u64,
+    used_bytes: AtomicU64,
+    packet_count: AtomicU64,
+}
+
+/// What is already stored under a name a put wants.
+enum Existing {
+    Absent,
+    Same,
+    Different,
+    /// A damaged file of this many bytes: the put replaces it.
+    Corrupt(u64),
+}
+
+impl PacketStore {
+    /// Open (creating if needed) the store under `data_dir`, scanning it for used bytes and
+    /// packets and removing temp files left by interrupted puts.
+    pub async fn open(data_dir: &Path, capacity_bytes: u64) -> Result<Self, StoreError> {
+        let dir = data_dir.join(PACKETS_DIR);
+        blocking(move || Inner::open(dir, capacity_bytes))
+            .await
+            .map(|i| Self { inner: Arc::new(i) })
+    }
+
+    /// Store a packet durably. Storing the same bytes again is a no-op that reports
+    /// `already_present`; different bytes under a taken name are a [`StoreError::Conflict`].
+    pub async fn put(&self, name: PacketName, data: Vec<u8>) -> Result<PutAck, StoreError> {
+        let inner = self.inner.clone();
+        blocking(move || inner.put(name, &data)).await
+    }
+
+    /// Read a packet, verified against its checksum.
+    pub async fn get(&self, name: PacketName) -> Result<PacketData, StoreError> {
+        let inner = self.inner.clone();
+        blocking(move || inner.get(name)).await
+    }
+
+    /// Delete a packet; returns whether it existed.
+    pub async fn delete(&self, name: PacketName) -> Result<bool, StoreError> {
+        let inner = self.inner.clone();
+        blocking(move || inner.delete(name)).await
+    }
+
+    /// Current usage.
+    pub fn usage(&self) -> StoreUsage {
+        StoreUsage {
+            capacity_bytes: self.inner.capacity_bytes,
+            used_bytes: self.inner.used_bytes.load(Ordering::SeqCst),
+            packet_count: self.inner.packet_count.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Path of the file that holds (or would hold) a packet.
+    pub fn packet_path(&self, name: PacketName) -> PathBuf {
+        self.inner.packet_path(name)
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::io("fsync directory", dir, e))
+}
+
+impl Inner {
+    fn open(dir: PathBuf, capacity_bytes: u64) -> Result<Self, StoreError> {
+        fs::create_dir_all(&dir).map_err(|e| StoreError::io("create", &dir, e))?;
+        let (mut used, mut count, mut stale) = (0u64, 0u64, 0u64);
+        let read_dir = |d: &Path| fs::read_dir(d).map_err(|e| StoreError::io("list", d, e));
+        for shard in read_dir(&dir)? {
+            let shard = shard.map_err(|e| StoreError::io("list", &dir, e))?;
+            let shard_path = shard.path();
+            if !shard_path.is_dir() {
+                warn!(path = %shard_path.display(), "unexpected file in the packet store, ignored");
+                continue;
+            }
+            for entry in read_dir(&shard_path)? {
+                let entry = entry.map_err(|e| StoreError::io("list", &shard_path, e))?;
+                let path = entry.path();
+                let file_name = entry.file_name();
+                let file_name = file_name.to_string_lossy();
+                if file_name.ends_with(TEMP_SUFFIX) {
+                    fs::remove_file(&path).map_err(|e| StoreError::io("remove", &path, e))?;
+                    stale += 1;
+                } else if file_name.parse::<PacketName>().is_ok() {
+                    let len = entry
+                        .metadata()
+                        .map_err(|e| StoreError::io("stat", &path, e))?
+                        .len();
+                    used += len;
+                    count += 1;
+                } else {
+                    warn!(path = %path.display(), "unexpected file in the packet store, ignored");
+                }
+            }
+        }
+        info!(
+            dir = %dir.display(),
+            packets = count,
+            used_bytes = used,
+            capacity_bytes,
+            stale_temp_files = stale,
+            "packet store opened"
+        );
+        Ok(Self {
+            dir,
+            capacity_bytes,
+            used_bytes: AtomicU64::new(used),
+            packet_count: AtomicU64::new(count),
+        })
+    }
+
+    fn shard_dir(&self, name: PacketName) -> PathBuf {
+        self.dir.join(&name.to_string()[..2])
+    }
+
+    fn packet_path(&self, name: PacketName) -> PathBuf {
+        self.shard_dir(name).join(name.to_string())
+    }
+
+    /// Reserve `need` bytes of the allocation, or refuse with NodeFull.
+    fn reserve(&self, need: u64) -> Result<(), StoreError> {
+        self.used_bytes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                used.checked_add(need)
+                    .filter(|total| *total <= self.capacity_bytes)
+            })
+            .map(|_| ())
+            .map_err(|used| StoreError::NodeFull {
+                need,
+                used,
+                capacity: self.capacity_bytes,
+            })
+    }
+
+    fn release(&self, bytes: u64) {
+        // Saturating, so an accounting slip can never wrap around to "full forever".
+        let _ = self
+            .used_bytes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
+                Some(u.saturating_sub(bytes))
+            });
+    }
+
+    fn existing(
+        &self,
+        name: PacketName,
+        path: &Path,
+        header: &Header,
+    ) -> Result<Existing, StoreError> {
+        match read_packet(name, path) {
+            Ok(stored) if stored.checksum == header.checksum => Ok(Existing::Same),
+            Ok(_) => Ok(Existing::Different),
+            Err(StoreError::NotFound(_)) => Ok(Existing::Absent),
+            Err(StoreError::Corrupt { reason, .. }) => {
+                let len = counted_len(path);
+                warn!(packet = %name, reason, "corrupt packet replaced by a new put");
+                Ok(Existing::Corrupt(len))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn put(&self, name: PacketName, data: &[u8]) -> Result<PutAck, StoreError> {
+        let header = Header::for_data(data);
+        let path = self.packet_path(name);
+        let ack = |already_present| PutAck {
+            checksum: header.checksum,
+            already_present,
+        };
+        let replacing = match self.existing(name, &path, &header)? {
+            Existing::Same => return Ok(ack(true)),
+            Existing::Different => return Err(StoreError::Conflict(name)),
+            Existing::Absent => None,
+            Existing::Corrupt(old_len) => Some(old_len),
+        };
+        let need = header.file_len();
+        self.reserve(need)?;
+        match self.install(name, &path, &header, data, replacing.is_some()) {
+            Ok(true) => {
+                match replacing {
+                    Some(old_len) => self.release(old_len),
+                    None => {
+                        self.packet_count.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                Ok(ack(false))
+            }
+            Ok(false) => {
+                // Another put of this name won the race: answer as a re-put would.
+                self.release(need);
+                match self.existing(name, &path, &header)? {
+                    Existing::Same => Ok(ack(true)),
+                    _ => Err(StoreError::Conflict(name)),
+                }
+            }
+            Err(e) => {
+                self.release(need);
+                Err(e)
+            }
+        }
+    }
+
+    /// Write the packet to a temp file and move it into place. Returns false if the name was
+    /// taken meanwhile (only when not replacing).
+    fn install(
+        &self,
+        name: PacketName,
+        path: &Path,
+        header: &Header,
+        data: &[u8],
+        replace: bool,
+    ) -> Result<bool, StoreError> {
+        let shard = self.shard_dir(name);
+        if !shard.is_dir() {
+            match fs::create_dir(&shard) {
+                Ok(()) => fsync_dir(&self.dir)?,
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(StoreError::io("create", &shard, e)),
+            }
+        }
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce).map_err(|e| StoreError::Task(e.to_string()))?;
+        let temp = shard.join(format!(".{name}.{}{TEMP_SUFFIX}", hex::encode(nonce)));
+        let result = write_file(&temp, header, data).and_then(|()| {
+            if replace {
+                fs::rename(&temp, path).map_err(|e| StoreError::io("rename", path, e))?;
+            } else {
+                match fs::hard_link(&temp, path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
+                    Err(e) => return Err(StoreError::io("link", path, e)),
+                }
+                fs::remove_file(&temp).map_err(|e| StoreError::io("remove", &temp, e))?;
+            }
+            fsync_dir(&shard)?;
+            Ok(true)
+        });
+        if !matches!(result, Ok(true)) {
+            let _ = fs::remove_file(&temp);
+        }
+        result
+    }
+
+    fn get(&self, name: PacketName) -> Result<PacketData, StoreError> {
+        let r = read_packet(name, &self.packet_path(name));
+        if let Err(StoreError::Corrupt { reason, .. }) = &r {
+            warn!(packet = %name, reason, "corrupt packet refused");
+        }
+        r
+    }
+
+    fn delete(&self, name: PacketName) -> Result<bool, StoreError> {
+        let path = self.packet_path(name);
+        let len = match fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(StoreError::io("stat", &path, e)),
+        };
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(StoreError::io("remove", &path, e)),
+        }
+        self.release(len);
+        self.packet_count.fetch_sub(1, Ordering::SeqCst);
+        fsync_dir(&self.shard_dir(name))?;
+        Ok(true)
+    }
+}
+
+/// The size a damaged packet file was counted with: what its header says if the header is
+/// intact (the file was written with that size), else its current size.
+fn counted_len(path: &Path) -> u64 {
+    let mut h = [0u8; HEADER_LEN];
+    let from_header = File::open(path)
+        .and_then(|mut f| f.read_exact(&mut h))
+        .ok()
+        .and_then(|()| Header::decode(&h).ok())
+        .map(|hdr| hdr.file_len());
+    from_header.unwrap_or_else(|| fs::metadata(path).map(|m| m.len()).unwrap_or(0))
+}
+
+fn write_file(path: &Path, header: &Header, data: &[u8]) -> Result<(), StoreError> {
+    let io = |e| StoreError::io("write", path, e);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(io)?;
+    f.write_all(&header.encode()).map_err(io)?;
+    f.write_all(data).map_err(io)?;
+    f.sync_all().map_err(io)
+}
+
+/// Read and verify one packet file.
+fn read_packet(name: PacketName, path: &Path) -> Result<PacketData, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt { name, reason };
+    let io = |e| StoreError::io("read", path, e);
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Err(StoreError::NotFound(name)),
+        Err(e) => return Err(io(e)),
+    };
+    let file_len = f.metadata().map_err(io)?.len();
+    let mut h = [0u8; HEADER_LEN];
+    if file_len < HEADER_LEN as u64 {
+        return Err(corrupt(format!(
+            "file of {file_len} bytes has no complete header"
+        )));
+    }
+    f.read_exact(&mut h).map_err(io)?;
+    let header = Header::decode(&h).map_err(corrupt)?;
+    if header.file_len() != file_len {
+        return Err(corrupt(format!(
+            "header says {} data bytes, file holds {}",
+            header.data_len,
+            file_len - HEADER_LEN as u64
+        )));
+    }
+    let len = usize::try_from(header.data_len).map_err(|_| corrupt("length overflows".into()))?;
+    let mut data = vec![0u8; len];
+    f.read_exact(&mut data).map_err(io)?;
+    format::verify(&header, &data).map_err(corrupt)?;
+    Ok(PacketData {
+        data,
+        checksum: header.checksum,
+    })
+}
+
+#[cfg(test)]
+mod tests;

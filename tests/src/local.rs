@@ -1,0 +1,164 @@
+//! `gridback local up` as a real child process, with its real FUSE mount.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `gridback` binary under test: `GRIDBACK_BIN`, or the one cargo built next to this
+/// test executable (`target/<profile>/gridback`).
+pub fn gridback_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("GRIDBACK_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let bin = profile_dir.join("gridback");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (`cargo build -p gridback`) or set GRIDBACK_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// A running `gridback local up`.
+pub struct LocalGridProcess {
+    /// `--data`.
+    pub data: PathBuf,
+    /// `--mount`.
+    pub mount: PathBuf,
+    /// `DIR/client.toml`.
+    pub config: PathBuf,
+    /// Where its output goes.
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl LocalGridProcess {
+    /// Start `gridback local up --nodes N` and wait until the mount answers.
+    pub fn start(data: &Path, mount: &Path, nodes: usize) -> Self {
+        std::fs::create_dir_all(data).unwrap();
+        std::fs::create_dir_all(mount).unwrap();
+        let log = data.with_extension("local-up.log");
+        let out = std::fs::File::options().create(true).append(true).open(&log).unwrap();
+        let child = Command::new(gridback_bin())
+            .args(["local", "up", "--nodes", &nodes.to_string()])
+            .arg("--data")
+            .arg(data)
+            .arg("--mount")
+            .arg(mount)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start gridback local up");
+        let mut g = Self {
+            data: data.to_path_buf(),
+            mount: mount.to_path_buf(),
+            config: data.join("client.toml"),
+            log,
+            child: Some(child),
+        };
+        g.wait_until_mounted();
+        g
+    }
+
+    fn wait_until_mounted(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!("gridback local up exited ({status}):\n{}", self.log_text());
+            }
+            if self.mount.join("snapshots").is_dir()
+                && std::fs::read_to_string(&self.log).unwrap_or_default().contains("is up")
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "local grid did not come up:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Output of `local up` so far.
+    pub fn log_text(&self) -> String {
+        let mut s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        for name in ["mount", "coordinator", "node-01"] {
+            let p = self.data.join("logs").join(format!("{name}.log"));
+            if let Ok(t) = std::fs::read_to_string(&p) {
+                let lines: Vec<&str> = t.lines().collect();
+                s.push_str(&format!("\n--- {name}.log (tail) ---\n"));
+                s.push_str(&lines[lines.len().saturating_sub(30)..].join("\n"));
+            }
+        }
+        s
+    }
+
+    /// Run `gridback ARGS… --config DIR/client.toml`.
+    pub fn gridback(&self, args: &[&str]) -> Output {
+        Command::new(gridback_bin())
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .expect("run gridback")
+    }
+
+    /// `gridback status --json`.
+    pub fn status(&self) -> serde_json::Value {
+        let out = self.gridback(&["status", "--json"]);
+        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    /// Bytes used on every node, summed.
+    pub fn nodes_used_bytes(&self) -> u64 {
+        self.status()["nodes"].as_array().unwrap().iter().map(|n| n["used_bytes"].as_u64().unwrap()).sum()
+    }
+
+    /// Stop with SIGTERM (like Ctrl-C) and check it exits cleanly and unmounts.
+    pub fn stop(mut self) {
+        let mut child = self.child.take().expect("running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "local up did not stop:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(status.success(), "local up exited with {status}:\n{}", self.log_text());
+        assert!(!self.mount.join("snapshots").exists(), "mount still present after stop");
+    }
+}
+
+impl Drop for LocalGridProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+            let _ = nix::mount::umount2(&self.mount, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// Copy a tree like a person would: `cp -a SRC/. DST/`.
+pub fn cp_a(src: &Path, dst: &Path) {
+    let out = Command::new("cp").arg("-a").arg(format!("{}/.", src.display())).arg(dst).output().unwrap();
+    assert!(out.status.success(), "cp -a failed: {}", String::from_utf8_lossy(&out.stderr));
+}

@@ -1,0 +1,202 @@
+//! The command line: one `gridback` binary for every role.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// gridback: a backup filesystem over a grid of storage nodes.
+///
+/// Copy files into MOUNT/snapshots/NAME, seal the snapshot, browse any old snapshot as
+/// ordinary files. Data is chunked, deduplicated, compressed, encrypted and erasure-coded
+/// across storage nodes; only your keys can read it back.
+///
+/// Start here:  gridback local up --nodes 6 --data ~/gridback --mount ~/gridback-mnt
+#[derive(Debug, Parser)]
+#[command(name = "gridback", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a whole grid on this machine (coordinator, nodes, client, mount).
+    #[command(subcommand)]
+    Local(LocalCmd),
+    /// Run the coordinator (global sequence manager).
+    #[command(subcommand)]
+    Coordinator(CoordinatorCmd),
+    /// Run a storage node.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Join a grid as a client: get a certificate, create keys, write a client config.
+    Join(JoinArgs),
+    /// Mount the grid at MOUNTPOINT (foreground; Ctrl-C unmounts).
+    Mount(MountArgs),
+    /// List, open and seal snapshots.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
+    /// Show the grid: coordinator, nodes, capacity, health.
+    Status(StatusArgs),
+    /// Measure throughput, CPU and memory of a local grid.
+    Bench(BenchArgs),
+    /// Print a configuration file with every default filled in.
+    PrintConfig(PrintConfigArgs),
+}
+
+/// Where the client configuration comes from.
+#[derive(Debug, Args, Clone)]
+pub struct ClientConfigArg {
+    /// Client configuration file (written by `gridback local up` or `gridback join`).
+    #[arg(long, env = "GRIDBACK_CONFIG", value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LocalCmd {
+    /// Start a coordinator and N storage nodes on 127.0.0.1 (one process each), join a
+    /// client, and mount. Ctrl-C or SIGTERM unmounts and stops everything. Running it again
+    /// with the same --data brings back the same grid and snapshots.
+    Up(LocalUpArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LocalUpArgs {
+    /// Number of storage nodes.
+    #[arg(long, default_value_t = 6, env = "GRIDBACK_NODES")]
+    pub nodes: usize,
+    /// Directory holding the whole grid's state (created if missing).
+    #[arg(long, env = "GRIDBACK_DATA", value_name = "DIR")]
+    pub data: PathBuf,
+    /// Empty directory to mount the filesystem on.
+    #[arg(long, env = "GRIDBACK_MOUNT", value_name = "DIR")]
+    pub mount: PathBuf,
+    /// Allocated storage of each node.
+    #[arg(long, default_value = "20GiB", value_name = "SIZE", help_heading = "Grid")]
+    pub node_capacity: String,
+    /// Data packets per chunk.
+    #[arg(long, default_value_t = 4, help_heading = "Grid")]
+    pub erasure_k: u8,
+    /// Parity packets per chunk (the number of nodes that may be lost).
+    #[arg(long, default_value_t = 2, help_heading = "Grid")]
+    pub erasure_m: u8,
+    /// Exit after everything is up and the mount answers (for scripts and tests that only
+    /// need the grid prepared); the processes keep running.
+    #[arg(long, hide = true)]
+    pub detach: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CoordinatorCmd {
+    /// Run the coordinator daemon.
+    Run {
+        /// Coordinator configuration file.
+        #[arg(long, env = "GRIDBACK_COORDINATOR_CONFIG", value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCmd {
+    /// Run a storage node daemon.
+    Run {
+        /// Node configuration file.
+        #[arg(long, env = "GRIDBACK_NODE_CONFIG", value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// Coordinator address (host:port).
+    #[arg(long)]
+    pub coordinator: String,
+    /// Cluster CA certificate (PEM) to trust.
+    #[arg(long, value_name = "FILE")]
+    pub ca: PathBuf,
+    /// File holding the join token.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: PathBuf,
+    /// Directory for this client's state (certificates, keys, metadata cache, spool).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: PathBuf,
+    /// Key file of another client whose dedup domain to share (cross-client dedup).
+    #[arg(long, value_name = "FILE")]
+    pub domain_from: Option<PathBuf>,
+    /// Where to write the client configuration.
+    #[arg(long, value_name = "FILE")]
+    pub write_config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// Empty directory to mount on.
+    pub mountpoint: PathBuf,
+    #[command(flatten)]
+    pub config: ClientConfigArg,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCmd {
+    /// List snapshots with their state.
+    List {
+        #[command(flatten)]
+        config: ClientConfigArg,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Open a new writable snapshot (same as `mkdir MOUNT/snapshots/NAME`).
+    Create {
+        /// Name.
+        name: String,
+        /// Start as a cheap metadata clone of this snapshot.
+        #[arg(long, value_name = "OLD")]
+        from: Option<String>,
+        #[command(flatten)]
+        config: ClientConfigArg,
+    },
+    /// Make a snapshot read-only and durable.
+    Seal {
+        /// Name.
+        name: String,
+        /// Seal even while files in it are open for writing (their last closed or fsynced
+        /// version is kept).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        config: ClientConfigArg,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub config: ClientConfigArg,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Bytes of generated data to copy in.
+    #[arg(long, default_value = "512MiB", value_name = "SIZE")]
+    pub size: String,
+    /// Storage nodes in the local grid.
+    #[arg(long, default_value_t = 6)]
+    pub nodes: usize,
+    /// Work directory (default: a temporary directory, removed afterwards).
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PrintConfigArgs {
+    /// Which configuration: client, node or coordinator.
+    #[arg(value_parser = ["client", "node", "coordinator"])]
+    pub which: String,
+}

@@ -1,0 +1,105 @@
+//! `gridback status`: the coordinator, every node, capacity and health.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use gridback_fs::config::ClientConfig;
+use gridback_fs::coord_client::CoordClient;
+use gridback_proto::coord_api::{NodeState, Status, StatusReport};
+use gridback_proto::tls::Identity;
+use gridback_proto::transport::{ConnPool, client_endpoint};
+use gridback_proto::units::format_size;
+use serde_json::json;
+
+use crate::cli::StatusArgs;
+
+/// Load the client's TLS identity from its state.
+pub fn client_identity(cfg: &ClientConfig) -> Result<Identity> {
+    let dir = cfg.tls_dir();
+    let read = |name: &str| {
+        let p = dir.join(name);
+        std::fs::read_to_string(&p).with_context(|| {
+            format!("cannot read {} (has this client joined the grid?)", p.display())
+        })
+    };
+    Ok(Identity::from_pem(&read("client.crt")?, &read("client.key")?, &read("ca.crt")?)?)
+}
+
+/// A coordinator client for one-off commands.
+pub fn coord_client(cfg: &ClientConfig) -> Result<CoordClient> {
+    let identity = client_identity(cfg)?;
+    let ep = client_endpoint(&identity)?;
+    Ok(CoordClient::new(ConnPool::new(ep), cfg.coordinator_addr.clone()))
+}
+
+/// Ask the coordinator for the grid status, as the client of `config`.
+pub async fn fetch_status(config: &Path) -> Result<StatusReport> {
+    let cfg = ClientConfig::load(config)?;
+    let c = coord_client(&cfg)?;
+    let r = c.call(Status).await.with_context(|| format!("coordinator {}", cfg.coordinator_addr))?;
+    c.pool().close_all();
+    Ok(r)
+}
+
+/// `gridback status`.
+pub async fn run(args: StatusArgs) -> Result<ExitCode> {
+    let s = fetch_status(&args.config.config).await?;
+    if args.json {
+        let nodes: Vec<_> = s
+            .nodes
+            .iter()
+            .map(|n| {
+                json!({
+                    "id": n.id.to_string(),
+                    "label": n.label,
+                    "addr": n.addr,
+                    "pid": n.pid,
+                    "state": match n.state { NodeState::Up => "up", NodeState::Down => "down" },
+                    "capacity_bytes": n.capacity_bytes,
+                    "used_bytes": n.used_bytes,
+                    "packet_count": n.packet_count,
+                    "last_heartbeat_unix_ms": n.last_heartbeat_unix_ms,
+                })
+            })
+            .collect();
+        let out = json!({
+            "grid": hex::encode(s.grid),
+            "client": s.client.map(|c| c.to_string()),
+            "coordinator": { "addr": s.coordinator_addr, "pid": s.coordinator_pid },
+            "erasure": { "k": s.erasure_k, "m": s.erasure_m },
+            "chunks": s.chunk_count,
+            "stored_bytes": s.stored_bytes,
+            "nodes": nodes,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("grid         {}", hex::encode(s.grid));
+    if let Some(c) = s.client {
+        println!("client       {c}");
+    }
+    println!("coordinator  {}  pid {}", s.coordinator_addr, s.coordinator_pid);
+    println!("erasure      {}+{}", s.erasure_k, s.erasure_m);
+    println!("chunks       {} ({} in packets)", s.chunk_count, format_size(s.stored_bytes));
+    let up = s.nodes.iter().filter(|n| n.state == NodeState::Up).count();
+    println!("nodes        {up} up of {}", s.nodes.len());
+    println!("  {:<32} {:<8} {:<21} {:<7} {:<5} {:>10} {:>10} {:>8}", "id", "label", "addr", "pid", "state", "used", "capacity", "packets");
+    for n in &s.nodes {
+        println!(
+            "  {:<32} {:<8} {:<21} {:<7} {:<5} {:>10} {:>10} {:>8}",
+            n.id.to_string(),
+            n.label,
+            n.addr,
+            n.pid,
+            match n.state {
+                NodeState::Up => "up",
+                NodeState::Down => "DOWN",
+            },
+            format_size(n.used_bytes),
+            format_size(n.capacity_bytes),
+            n.packet_count
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
