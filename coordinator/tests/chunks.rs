@@ -1,6 +1,7 @@
 //! The batched chunk protocol over real QUIC with mutual TLS: joining and authorisation,
 //! erasure choice, allocation with signed put orders, replacement, commit checks, locate with
 //! get orders, and cross-client dedup.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step fails the test
 
 #[path = "support/harness.rs"]
 mod harness;

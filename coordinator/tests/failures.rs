@@ -1,4 +1,5 @@
 //! Startup failures a person must be able to act on.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step fails the test
 
 #[path = "support/harness.rs"]
 mod harness;

@@ -1,4 +1,5 @@
 //! Snapshots, status, the backup log and restarts, against a real coordinator over QUIC.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step fails the test
 
 #[path = "support/harness.rs"]
 mod harness;

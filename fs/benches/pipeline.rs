@@ -21,7 +21,9 @@ use gridback_fs::packet;
 const DATA_BYTES: usize = 24 << 20;
 
 fn collect_files(dir: &Path, out: &mut Vec<u8>, limit: usize) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
     let mut entries: Vec<_> = rd.flatten().map(|e| e.path()).collect();
     entries.sort();
     for p in entries {
@@ -78,9 +80,15 @@ fn write(data: &[u8], crypto: &ChunkCrypto) -> Vec<Stored> {
             let c = c.expect("in-memory read");
             let id = crypto.chunk_id(&c);
             let blob = packet::seal_chunk(crypto, Level::default(), &id, &c).expect("seal");
-            let params = ErasureParams::new(4, 2, shard_bytes_for(blob.len(), 4) as u64).expect("params");
+            let params =
+                ErasureParams::new(4, 2, shard_bytes_for(blob.len(), 4) as u64).expect("params");
             let packets = erasure::encode(&blob, params).expect("encode");
-            Stored { id, len: c.len() as u32, params, packets }
+            Stored {
+                id,
+                len: c.len() as u32,
+                params,
+                packets,
+            }
         })
         .collect()
 }
@@ -90,10 +98,14 @@ fn read(stored: &[Stored], crypto: &ChunkCrypto) -> usize {
         .iter()
         .map(|s| {
             // Packets 1 and 3 (data) are lost: parity has to be used.
-            let have: Vec<(u8, &[u8])> =
-                [0u8, 2, 4, 5].iter().map(|&i| (i, s.packets[usize::from(i)].as_slice())).collect();
+            let have: Vec<(u8, &[u8])> = [0u8, 2, 4, 5]
+                .iter()
+                .map(|&i| (i, s.packets[usize::from(i)].as_slice()))
+                .collect();
             let padded = erasure::decode(s.params, &have).expect("decode");
-            packet::open_chunk(crypto, &s.id, &padded, Some(s.len)).expect("open").len()
+            packet::open_chunk(crypto, &s.id, &padded, Some(s.len))
+                .expect("open")
+                .len()
         })
         .sum()
 }
@@ -112,7 +124,9 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("pipeline");
     g.throughput(Throughput::Bytes(data.len() as u64));
     g.sample_size(10);
-    g.bench_function("write_cdc_id_zstd3_encrypt_rs4+2", |b| b.iter(|| write(&data, &crypto)));
+    g.bench_function("write_cdc_id_zstd3_encrypt_rs4+2", |b| {
+        b.iter(|| write(&data, &crypto))
+    });
     g.bench_function("read_rs_decode_2lost_decrypt_verify", |b| {
         b.iter(|| assert_eq!(read(&stored, &crypto), data.len()))
     });

@@ -69,7 +69,11 @@ pub struct ChunkingParams {
 
 impl Default for ChunkingParams {
     fn default() -> Self {
-        Self { min: DEFAULT_MIN_SIZE, avg: DEFAULT_AVG_SIZE, max: DEFAULT_MAX_SIZE }
+        Self {
+            min: DEFAULT_MIN_SIZE,
+            avg: DEFAULT_AVG_SIZE,
+            max: DEFAULT_MAX_SIZE,
+        }
     }
 }
 
@@ -82,9 +86,14 @@ impl ChunkingParams {
             ("maximum", max, MAXIMUM_MIN, MAXIMUM_MAX),
         ] {
             if !(lo..=hi).contains(&(value as usize)) {
-                return Err(ChunkingError::OutOfRange { what, value, lo, hi });
+                return Err(ChunkingError::OutOfRange {
+                    what,
+                    value,
+                    lo,
+                    hi,
+                });
             }
-            if value % 2 != 0 {
+            if !value.is_multiple_of(2) {
                 return Err(ChunkingError::Odd { what, value });
             }
         }
@@ -148,7 +157,9 @@ impl<R: Read> Iterator for Chunker<R> {
     type Item = io::Result<Vec<u8>>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.inner.next().map(|r| r.map(|c| c.data).map_err(io::Error::from))
+        self.inner
+            .next()
+            .map(|r| r.map(|c| c.data).map_err(io::Error::from))
     }
 }
 
@@ -176,36 +187,59 @@ mod tests {
     }
 
     fn chunks(data: &[u8], seed: u64) -> Vec<Vec<u8>> {
-        Chunker::new(data, small(), seed).collect::<io::Result<Vec<_>>>().unwrap()
+        Chunker::new(data, small(), seed)
+            .collect::<io::Result<Vec<_>>>()
+            .unwrap()
     }
 
     #[test]
     fn validation_rejects_bad_sizes() {
         assert!(ChunkingParams::new(256 * 1024, 1 << 20, 4 << 20).is_ok());
-        assert!(matches!(ChunkingParams::new(257, 1024, 4096), Err(ChunkingError::Odd { .. })));
+        assert!(matches!(
+            ChunkingParams::new(257, 1024, 4096),
+            Err(ChunkingError::Odd { .. })
+        ));
         assert!(matches!(
             ChunkingParams::new(32, 1024, 4096),
-            Err(ChunkingError::OutOfRange { what: "minimum", .. })
+            Err(ChunkingError::OutOfRange {
+                what: "minimum",
+                ..
+            })
         ));
         assert!(matches!(
             ChunkingParams::new(256, 1024, 32 << 20),
-            Err(ChunkingError::OutOfRange { what: "maximum", .. })
+            Err(ChunkingError::OutOfRange {
+                what: "maximum",
+                ..
+            })
         ));
-        assert!(matches!(ChunkingParams::new(2048, 1024, 4096), Err(ChunkingError::Order { .. })));
+        assert!(matches!(
+            ChunkingParams::new(2048, 1024, 4096),
+            Err(ChunkingError::Order { .. })
+        ));
         assert_eq!(ChunkingParams::default().avg(), DEFAULT_AVG_SIZE);
     }
 
     #[test]
     fn seed_changes_boundaries_and_edits_resynchronise() {
-        let data: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
-        assert_ne!(chunk_slice(&data, small(), 1), chunk_slice(&data, small(), 2));
+        let data: Vec<u8> = (0..200_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        assert_ne!(
+            chunk_slice(&data, small(), 1),
+            chunk_slice(&data, small(), 2)
+        );
         // An insertion near the start leaves most later chunks unchanged.
         let mut edited = data.clone();
         edited.splice(1000..1000, [7u8; 10]);
         let a = chunks(&data, 9);
         let b = chunks(&edited, 9);
         let common = b.iter().filter(|c| a.contains(c)).count();
-        assert!(common * 10 >= a.len() * 8, "only {common} of {} chunks survive", a.len());
+        assert!(
+            common * 10 >= a.len() * 8,
+            "only {common} of {} chunks survive",
+            a.len()
+        );
     }
 
     #[test]

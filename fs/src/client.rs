@@ -89,21 +89,36 @@ impl GridClient {
     }
 
     /// Connect, naming what this process is (`mount`, `backup`, `restore`…).
-    pub async fn connect_for(config: &ClientConfig, purpose: &str) -> Result<GridClient, ClientError> {
+    pub async fn connect_for(
+        config: &ClientConfig,
+        purpose: &str,
+    ) -> Result<GridClient, ClientError> {
         let params = UploadParams::from_config(config)?;
         let keys = ClientKeys::load(&config.key_file())?;
         let (identity, file) = load_identity(&config.tls_dir())?;
         let pool = ConnPool::new(client_endpoint(&identity)?);
         let coord = CoordClient::new(pool.clone(), config.coordinator_addr.clone());
-        let welcome = coord.hello(purpose).await.map_err(|source| ClientError::Coordinator {
-            addr: config.coordinator_addr.clone(),
-            source,
-        })?;
+        let welcome = coord
+            .hello(purpose)
+            .await
+            .map_err(|source| ClientError::Coordinator {
+                addr: config.coordinator_addr.clone(),
+                source,
+            })?;
         if file.client().ok() != Some(welcome.client) {
-            return Err(ClientError::IdMismatch { file: file.client_id, coordinator: welcome.client });
+            return Err(ClientError::IdMismatch {
+                file: file.client_id,
+                coordinator: welcome.client,
+            });
         }
         info!(client = %welcome.client, k = welcome.erasure_k, m = welcome.erasure_m, "connected to the grid");
-        Ok(Self::from_parts(coord, NodeClient::new(pool), keys, welcome, params))
+        Ok(Self::from_parts(
+            coord,
+            NodeClient::new(pool),
+            keys,
+            welcome,
+            params,
+        ))
     }
 
     /// Assemble a client from already-connected parts (tests, tools).
@@ -117,7 +132,15 @@ impl GridClient {
         let crypto = Arc::new(ChunkCrypto::new(&keys.domain));
         let uploader = Uploader::new(coord.clone(), nodes.clone(), crypto.clone(), params);
         let reader = Reader::new(coord.clone(), nodes, crypto);
-        Self { inner: Arc::new(Inner { coord, uploader, reader, keys, welcome }) }
+        Self {
+            inner: Arc::new(Inner {
+                coord,
+                uploader,
+                reader,
+                keys,
+                welcome,
+            }),
+        }
     }
 
     /// This client's id.
@@ -182,7 +205,10 @@ impl Grid for GridClient {
         tree: Vec<TreeChunk>,
         tree_bytes: u64,
     ) -> BoxFuture<'_, Result<SnapshotInfo, GridError>> {
-        self.inner.coord.snapshot_seal(name, tree, tree_bytes).boxed()
+        self.inner
+            .coord
+            .snapshot_seal(name, tree, tree_bytes)
+            .boxed()
     }
 
     fn snapshot_get(&self, name: String) -> BoxFuture<'_, Result<SnapshotRecord, GridError>> {

@@ -56,7 +56,11 @@ pub struct Level(i32);
 impl Level {
     /// Check a level (1..=22).
     pub fn new(level: i32) -> Result<Self, CompressError> {
-        if (1..=22).contains(&level) { Ok(Self(level)) } else { Err(CompressError::BadLevel(level)) }
+        if (1..=22).contains(&level) {
+            Ok(Self(level))
+        } else {
+            Err(CompressError::BadLevel(level))
+        }
     }
 
     /// The zstd level.
@@ -88,7 +92,10 @@ fn with_compressor<T>(
         let mut c = c.borrow_mut();
         let entry = &mut c[slot];
         if entry.as_ref().is_none_or(|(l, _)| *l != level) {
-            *entry = Some((level, zstd::bulk::Compressor::new(level).map_err(CompressError::Zstd)?));
+            *entry = Some((
+                level,
+                zstd::bulk::Compressor::new(level).map_err(CompressError::Zstd)?,
+            ));
         }
         let (_, comp) = entry.as_mut().expect("invariant: set just above");
         f(comp).map_err(CompressError::Zstd)
@@ -112,7 +119,8 @@ pub fn encode_blob(plaintext: &[u8], level: Level) -> Result<Vec<u8>, CompressEr
         .filter(|l| *l as usize <= MAX_PLAINTEXT)
         .ok_or(CompressError::TooLarge(plaintext.len()))?;
     if looks_compressible(plaintext)? {
-        let mut out = Vec::with_capacity(BLOB_HEADER_LEN + zstd::zstd_safe::compress_bound(plaintext.len()));
+        let mut out =
+            Vec::with_capacity(BLOB_HEADER_LEN + zstd::zstd_safe::compress_bound(plaintext.len()));
         out.push(FLAG_ZSTD);
         out.extend_from_slice(&len.to_le_bytes());
         let body = with_compressor(1, level.get(), |c| c.compress(plaintext))?;
@@ -148,7 +156,9 @@ pub fn decode_blob(blob: &[u8]) -> Result<Vec<u8>, CompressError> {
     match flags {
         0 => {
             if body.len() != len {
-                return Err(CompressError::Malformed("raw body length differs from header"));
+                return Err(CompressError::Malformed(
+                    "raw body length differs from header",
+                ));
             }
             Ok(body.to_vec())
         }
@@ -162,7 +172,9 @@ pub fn decode_blob(blob: &[u8]) -> Result<Vec<u8>, CompressError> {
                 d.decompress(body, len).map_err(CompressError::Zstd)
             })?;
             if out.len() != len {
-                return Err(CompressError::Malformed("decompressed length differs from header"));
+                return Err(CompressError::Malformed(
+                    "decompressed length differs from header",
+                ));
             }
             Ok(out)
         }

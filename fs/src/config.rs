@@ -73,7 +73,7 @@ pub struct ByteSize(pub u64);
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
-            if self.0 != 0 && self.0 % (1 << shift) == 0 {
+            if self.0 != 0 && self.0.is_multiple_of(1 << shift) {
                 return write!(f, "{}{unit}", self.0 >> shift);
             }
         }
@@ -97,7 +97,9 @@ impl<'de> Deserialize<'de> for ByteSize {
         }
         match Raw::deserialize(d)? {
             Raw::Int(n) => Ok(ByteSize(n)),
-            Raw::Str(s) => parse_size(&s).map(ByteSize).map_err(serde::de::Error::custom),
+            Raw::Str(s) => parse_size(&s)
+                .map(ByteSize)
+                .map_err(serde::de::Error::custom),
         }
     }
 }
@@ -141,7 +143,12 @@ pub struct PipelineConfig {
 
 impl Default for PipelineConfig {
     fn default() -> Self {
-        Self { workers: 0, compression_level: 3, batch_chunks: 32, upload_concurrency: 24 }
+        Self {
+            workers: 0,
+            compression_level: 3,
+            batch_chunks: 32,
+            upload_concurrency: 24,
+        }
     }
 }
 
@@ -151,7 +158,9 @@ impl PipelineConfig {
         if self.workers > 0 {
             self.workers
         } else {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
         }
     }
 }
@@ -170,7 +179,11 @@ pub struct MountConfig {
 
 impl Default for MountConfig {
     fn default() -> Self {
-        Self { cache_size: ByteSize(256 << 20), readahead_chunks: 4, fuse_threads: 4 }
+        Self {
+            cache_size: ByteSize(256 << 20),
+            readahead_chunks: 4,
+            fuse_threads: 4,
+        }
     }
 }
 
@@ -215,10 +228,14 @@ impl ClientConfig {
 
     /// Read and validate a file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
-        let cfg: Self = toml::from_str(&text)
-            .map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let cfg: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -234,16 +251,25 @@ impl ClientConfig {
         self.compression_level()?;
         let positive = |field, v: usize| {
             if v == 0 {
-                Err(ConfigError::Invalid { field, reason: "must be at least 1".into() })
+                Err(ConfigError::Invalid {
+                    field,
+                    reason: "must be at least 1".into(),
+                })
             } else {
                 Ok(())
             }
         };
         positive("pipeline.batch_chunks", self.pipeline.batch_chunks)?;
-        positive("pipeline.upload_concurrency", self.pipeline.upload_concurrency)?;
+        positive(
+            "pipeline.upload_concurrency",
+            self.pipeline.upload_concurrency,
+        )?;
         positive("mount.fuse_threads", self.mount.fuse_threads)?;
         if self.coordinator_addr.trim().is_empty() {
-            return Err(ConfigError::Invalid { field: "coordinator_addr", reason: "empty".into() });
+            return Err(ConfigError::Invalid {
+                field: "coordinator_addr",
+                reason: "empty".into(),
+            });
         }
         Ok(())
     }
@@ -252,7 +278,10 @@ impl ClientConfig {
     pub fn chunking_params(&self) -> Result<ChunkingParams, ConfigError> {
         let c = &self.chunking;
         let as_u32 = |field, v: ByteSize| {
-            u32::try_from(v.0).map_err(|_| ConfigError::Invalid { field, reason: "too large".into() })
+            u32::try_from(v.0).map_err(|_| ConfigError::Invalid {
+                field,
+                reason: "too large".into(),
+            })
         };
         Ok(ChunkingParams::new(
             as_u32("chunking.min_size", c.min_size)?,
@@ -268,12 +297,16 @@ impl ClientConfig {
 
     /// TLS identity directory.
     pub fn tls_dir(&self) -> PathBuf {
-        self.tls_dir.clone().unwrap_or_else(|| self.state_dir.join("tls"))
+        self.tls_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("tls"))
     }
 
     /// Recovery key file.
     pub fn key_file(&self) -> PathBuf {
-        self.key_file.clone().unwrap_or_else(|| self.state_dir.join("keys.toml"))
+        self.key_file
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("keys.toml"))
     }
 }
 
@@ -303,7 +336,11 @@ mod tests {
     fn bad_files_give_clear_errors() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");
-        std::fs::write(&p, "coordinator_addr = \"x:1\"\nstate_dir = \"/s\"\nbogus = 1\n").unwrap();
+        std::fs::write(
+            &p,
+            "coordinator_addr = \"x:1\"\nstate_dir = \"/s\"\nbogus = 1\n",
+        )
+        .unwrap();
         let e = ClientConfig::load(&p).unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");
         std::fs::write(
@@ -311,19 +348,40 @@ mod tests {
             "coordinator_addr = \"x:1\"\nstate_dir = \"/s\"\n[chunking]\nmin_size = \"2MiB\"\n",
         )
         .unwrap();
-        assert!(matches!(ClientConfig::load(&p), Err(ConfigError::Chunking(_))));
+        assert!(matches!(
+            ClientConfig::load(&p),
+            Err(ConfigError::Chunking(_))
+        ));
         std::fs::write(
             &p,
             "coordinator_addr = \"x:1\"\nstate_dir = \"/s\"\n[pipeline]\ncompression_level = 0\n",
         )
         .unwrap();
-        assert!(matches!(ClientConfig::load(&p), Err(ConfigError::Compression(_))));
-        std::fs::write(&p, "coordinator_addr = \"x:1\"\nstate_dir = \"/s\"\n[mount]\ncache_size = \"lots\"\n")
-            .unwrap();
-        assert!(matches!(ClientConfig::load(&p), Err(ConfigError::Parse { .. })));
-        assert!(matches!(ClientConfig::load(&dir.path().join("none")), Err(ConfigError::Io { .. })));
+        assert!(matches!(
+            ClientConfig::load(&p),
+            Err(ConfigError::Compression(_))
+        ));
+        std::fs::write(
+            &p,
+            "coordinator_addr = \"x:1\"\nstate_dir = \"/s\"\n[mount]\ncache_size = \"lots\"\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            ClientConfig::load(&p),
+            Err(ConfigError::Parse { .. })
+        ));
+        assert!(matches!(
+            ClientConfig::load(&dir.path().join("none")),
+            Err(ConfigError::Io { .. })
+        ));
         let mut cfg = ClientConfig::new("c:1", "/s");
         cfg.pipeline.batch_chunks = 0;
-        assert!(matches!(cfg.validate(), Err(ConfigError::Invalid { field: "pipeline.batch_chunks", .. })));
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::Invalid {
+                field: "pipeline.batch_chunks",
+                ..
+            })
+        ));
     }
 }

@@ -55,7 +55,11 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
 }
 
 /// Serve the control socket until `shutdown`.
-pub async fn serve(core: Arc<FsCore>, path: PathBuf, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    core: Arc<FsCore>,
+    path: PathBuf,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
     loop {
@@ -80,20 +84,46 @@ async fn handle(core: Arc<FsCore>, stream: UnixStream) -> std::io::Result<()> {
     let mut reader = BufReader::new(r.take(MAX_REQUEST_BYTES as u64));
     reader.read_line(&mut line).await?;
     let answer = match serde_json::from_str::<ControlRequest>(&line) {
-        Err(e) => ControlResponse { ok: false, message: format!("bad request: {e}"), errno: Some(libc::EINVAL) },
-        Ok(ControlRequest::Ping) => ControlResponse { ok: true, message: "pong".into(), errno: None },
+        Err(e) => ControlResponse {
+            ok: false,
+            message: format!("bad request: {e}"),
+            errno: Some(libc::EINVAL),
+        },
+        Ok(ControlRequest::Ping) => ControlResponse {
+            ok: true,
+            message: "pong".into(),
+            errno: None,
+        },
         Ok(ControlRequest::Seal { name, force }) => match core.seal(&name, force).await {
             Ok(r) => ControlResponse {
                 ok: true,
-                message: format!("sealed {} ({} entries, tree {} bytes)", r.name, r.entries, r.tree_bytes),
+                message: format!(
+                    "sealed {} ({} entries, tree {} bytes)",
+                    r.name, r.entries, r.tree_bytes
+                ),
                 errno: None,
             },
-            Err(e) => ControlResponse { ok: false, message: e.to_string(), errno: Some(e.errno()) },
+            Err(e) => ControlResponse {
+                ok: false,
+                message: e.to_string(),
+                errno: Some(e.errno()),
+            },
         },
         Ok(ControlRequest::Create { name, from }) => {
-            match core.create_snapshot(&name, from.as_deref(), 0o755, Owner { uid: 0, gid: 0 }).await {
-                Ok(_) => ControlResponse { ok: true, message: format!("opened {name}"), errno: None },
-                Err(e) => ControlResponse { ok: false, message: e.to_string(), errno: Some(e.errno()) },
+            match core
+                .create_snapshot(&name, from.as_deref(), 0o755, Owner { uid: 0, gid: 0 })
+                .await
+            {
+                Ok(_) => ControlResponse {
+                    ok: true,
+                    message: format!("opened {name}"),
+                    errno: None,
+                },
+                Err(e) => ControlResponse {
+                    ok: false,
+                    message: e.to_string(),
+                    errno: Some(e.errno()),
+                },
             }
         }
     };
@@ -104,7 +134,10 @@ async fn handle(core: Arc<FsCore>, stream: UnixStream) -> std::io::Result<()> {
 }
 
 /// Send one request to a running mount. `Ok(None)` when no mount is listening.
-pub async fn request(state_dir: &Path, req: &ControlRequest) -> std::io::Result<Option<ControlResponse>> {
+pub async fn request(
+    state_dir: &Path,
+    req: &ControlRequest,
+) -> std::io::Result<Option<ControlResponse>> {
     let stream = match UnixStream::connect(socket_path(state_dir)).await {
         Ok(s) => s,
         Err(e)
@@ -124,5 +157,7 @@ pub async fn request(state_dir: &Path, req: &ControlRequest) -> std::io::Result<
     w.shutdown().await?;
     let mut answer = String::new();
     BufReader::new(r).read_line(&mut answer).await?;
-    serde_json::from_str(&answer).map(Some).map_err(std::io::Error::other)
+    serde_json::from_str(&answer)
+        .map(Some)
+        .map_err(std::io::Error::other)
 }

@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use gridback_proto::coord_api::{
-    AllocateChunks, Allocation, ChunkAlloc, ChunkCommit, ChunkLocation, ClientHello,
-    ClientWelcome, CommitChunks, Committed, CoordRequest, LocateChunks, MAX_BATCH_CHUNKS,
-    QueryChunks, ReplaceTargets, SnapshotCreate, SnapshotGet, SnapshotInfo, SnapshotList,
-    SnapshotRecord, SnapshotSeal, Target, TreeChunk,
+    AllocateChunks, Allocation, ChunkAlloc, ChunkCommit, ChunkLocation, ClientHello, ClientWelcome,
+    CommitChunks, Committed, CoordRequest, LocateChunks, MAX_BATCH_CHUNKS, QueryChunks,
+    ReplaceTargets, SnapshotCreate, SnapshotGet, SnapshotInfo, SnapshotList, SnapshotRecord,
+    SnapshotSeal, Target, TreeChunk,
 };
 use gridback_proto::tls::COORDINATOR_SERVER_NAME;
 use gridback_proto::transport::{CallError, ConnPool, DEFAULT_CALL_TIMEOUT};
@@ -28,7 +28,11 @@ pub struct CoordClient {
 impl CoordClient {
     /// Calls go to `addr` through `pool`, each with the default deadline.
     pub fn new(pool: ConnPool, addr: impl Into<String>) -> Self {
-        Self { pool, addr: addr.into(), timeout: DEFAULT_CALL_TIMEOUT }
+        Self {
+            pool,
+            addr: addr.into(),
+            timeout: DEFAULT_CALL_TIMEOUT,
+        }
     }
 
     /// Change the per-call deadline.
@@ -53,12 +57,18 @@ impl CoordClient {
         req: R,
     ) -> Result<R::Response, CallError> {
         debug!(rpc = R::NAME, coordinator = %self.addr, "coordinator call");
-        self.pool.call(&self.addr, COORDINATOR_SERVER_NAME, req, self.timeout).await
+        self.pool
+            .call(&self.addr, COORDINATOR_SERVER_NAME, req, self.timeout)
+            .await
     }
 
     /// Greet the coordinator.
     pub async fn hello(&self, purpose: &str) -> Result<ClientWelcome, CallError> {
-        self.call(ClientHello { pid: std::process::id(), purpose: purpose.to_string() }).await
+        self.call(ClientHello {
+            pid: std::process::id(),
+            purpose: purpose.to_string(),
+        })
+        .await
     }
 
     /// Which of `ids` are stored already (one flag per id).
@@ -66,7 +76,12 @@ impl CoordClient {
         let mut out = Vec::with_capacity(ids.len());
         for part in ids.chunks(MAX_BATCH_CHUNKS) {
             let r = self.call(QueryChunks { ids: part.to_vec() }).await?;
-            out.extend(answer_len(r.present, part.len(), &self.addr, QueryChunks::NAME)?);
+            out.extend(answer_len(
+                r.present,
+                part.len(),
+                &self.addr,
+                QueryChunks::NAME,
+            )?);
         }
         Ok(out)
     }
@@ -80,9 +95,17 @@ impl CoordClient {
         let mut out = Vec::with_capacity(chunks.len());
         for part in chunks.chunks(MAX_BATCH_CHUNKS) {
             let r = self
-                .call(AllocateChunks { chunks: part.to_vec(), exclude: exclude.clone() })
+                .call(AllocateChunks {
+                    chunks: part.to_vec(),
+                    exclude: exclude.clone(),
+                })
                 .await?;
-            out.extend(answer_len(r.chunks, part.len(), &self.addr, AllocateChunks::NAME)?);
+            out.extend(answer_len(
+                r.chunks,
+                part.len(),
+                &self.addr,
+                AllocateChunks::NAME,
+            )?);
         }
         Ok(out)
     }
@@ -101,14 +124,23 @@ impl CoordClient {
         chunks: Vec<ChunkCommit>,
         refs: Vec<ChunkId>,
     ) -> Result<Committed, CallError> {
-        let mut total = Committed { stored: 0, already_stored: 0, referenced: 0 };
+        let mut total = Committed {
+            stored: 0,
+            already_stored: 0,
+            referenced: 0,
+        };
         let mut chunks = chunks.into_iter().peekable();
         let mut refs = refs.into_iter().peekable();
         while chunks.peek().is_some() || refs.peek().is_some() {
             let c: Vec<ChunkCommit> = chunks.by_ref().take(MAX_BATCH_CHUNKS).collect();
             let r: Vec<ChunkId> = refs.by_ref().take(MAX_BATCH_CHUNKS - c.len()).collect();
-            let done =
-                self.call(CommitChunks { snapshot: snapshot.to_string(), chunks: c, refs: r }).await?;
+            let done = self
+                .call(CommitChunks {
+                    snapshot: snapshot.to_string(),
+                    chunks: c,
+                    refs: r,
+                })
+                .await?;
             total.stored += done.stored;
             total.already_stored += done.already_stored;
             total.referenced += done.referenced;
@@ -121,7 +153,12 @@ impl CoordClient {
         let mut out = Vec::with_capacity(ids.len());
         for part in ids.chunks(MAX_BATCH_CHUNKS) {
             let r = self.call(LocateChunks { ids: part.to_vec() }).await?;
-            out.extend(answer_len(r.chunks, part.len(), &self.addr, LocateChunks::NAME)?);
+            out.extend(answer_len(
+                r.chunks,
+                part.len(),
+                &self.addr,
+                LocateChunks::NAME,
+            )?);
         }
         Ok(out)
     }
@@ -133,12 +170,18 @@ impl CoordClient {
         from: Option<String>,
     ) -> Result<SnapshotInfo, GridError> {
         let what = name.clone();
-        self.call(SnapshotCreate { name, from }).await.map_err(|e| snapshot_error(e, &what))
+        self.call(SnapshotCreate { name, from })
+            .await
+            .map_err(|e| snapshot_error(e, &what))
     }
 
     /// This client's snapshots.
     pub async fn snapshot_list(&self) -> Result<Vec<SnapshotInfo>, GridError> {
-        Ok(self.call(SnapshotList).await.map_err(|e| snapshot_error(e, ""))?.snapshots)
+        Ok(self
+            .call(SnapshotList)
+            .await
+            .map_err(|e| snapshot_error(e, ""))?
+            .snapshots)
     }
 
     /// Seal a snapshot.
@@ -149,20 +192,31 @@ impl CoordClient {
         tree_bytes: u64,
     ) -> Result<SnapshotInfo, GridError> {
         let what = name.clone();
-        self.call(SnapshotSeal { name, tree, tree_bytes })
-            .await
-            .map_err(|e| snapshot_error(e, &what))
+        self.call(SnapshotSeal {
+            name,
+            tree,
+            tree_bytes,
+        })
+        .await
+        .map_err(|e| snapshot_error(e, &what))
     }
 
     /// One snapshot's record.
     pub async fn snapshot_get(&self, name: String) -> Result<SnapshotRecord, GridError> {
         let what = name.clone();
-        self.call(SnapshotGet { name }).await.map_err(|e| snapshot_error(e, &what))
+        self.call(SnapshotGet { name })
+            .await
+            .map_err(|e| snapshot_error(e, &what))
     }
 }
 
 /// A batched answer must have one entry per request entry.
-fn answer_len<T>(v: Vec<T>, want: usize, addr: &str, rpc: &'static str) -> Result<Vec<T>, CallError> {
+fn answer_len<T>(
+    v: Vec<T>,
+    want: usize,
+    addr: &str,
+    rpc: &'static str,
+) -> Result<Vec<T>, CallError> {
     if v.len() == want {
         Ok(v)
     } else {
@@ -176,12 +230,17 @@ fn answer_len<T>(v: Vec<T>, want: usize, addr: &str, rpc: &'static str) -> Resul
 /// Map a failed coordinator call to the caller's decision. `chunk` names the chunk concerned,
 /// when there is one.
 pub fn grid_error(e: CallError, chunk: Option<ChunkId>) -> GridError {
-    let chunk_name = || chunk.map(|c| format!("{c:?}")).unwrap_or_else(|| "-".into());
+    let chunk_name = || {
+        chunk
+            .map(|c| format!("{c:?}"))
+            .unwrap_or_else(|| "-".into())
+    };
     match &e {
         CallError::Remote { error, .. } => match error.code {
-            ErrorCode::NoPlacement => {
-                GridError::NoPlacement { chunk: chunk_name(), reason: error.message.clone() }
-            }
+            ErrorCode::NoPlacement => GridError::NoPlacement {
+                chunk: chunk_name(),
+                reason: error.message.clone(),
+            },
             ErrorCode::QuotaExceeded => GridError::QuotaExceeded(error.message.clone()),
             ErrorCode::Suspended => GridError::Suspended(error.message.clone()),
             ErrorCode::Conflict => GridError::Conflict(error.message.clone()),
@@ -204,7 +263,11 @@ mod tests {
     use gridback_proto::WireError;
 
     fn remote(code: ErrorCode) -> CallError {
-        CallError::Remote { addr: "c".into(), rpc: "x", error: WireError::new(code, "why") }
+        CallError::Remote {
+            addr: "c".into(),
+            rpc: "x",
+            error: WireError::new(code, "why"),
+        }
     }
 
     #[test]
@@ -214,15 +277,30 @@ mod tests {
             grid_error(remote(ErrorCode::NoPlacement), Some(id)),
             GridError::NoPlacement { ref reason, .. } if reason == "why"
         ));
-        assert!(matches!(grid_error(remote(ErrorCode::QuotaExceeded), None), GridError::QuotaExceeded(_)));
-        assert!(matches!(grid_error(remote(ErrorCode::Suspended), None), GridError::Suspended(_)));
-        assert!(matches!(grid_error(remote(ErrorCode::Internal), None), GridError::Coordinator(_)));
+        assert!(matches!(
+            grid_error(remote(ErrorCode::QuotaExceeded), None),
+            GridError::QuotaExceeded(_)
+        ));
+        assert!(matches!(
+            grid_error(remote(ErrorCode::Suspended), None),
+            GridError::Suspended(_)
+        ));
+        assert!(matches!(
+            grid_error(remote(ErrorCode::Internal), None),
+            GridError::Coordinator(_)
+        ));
         assert!(matches!(
             snapshot_error(remote(ErrorCode::NotFound), "s"),
             GridError::NoSuchSnapshot(ref n) if n == "s"
         ));
-        assert!(matches!(snapshot_error(remote(ErrorCode::Conflict), "s"), GridError::Conflict(_)));
-        let io = CallError::Io { addr: "c".into(), reason: "gone".into() };
+        assert!(matches!(
+            snapshot_error(remote(ErrorCode::Conflict), "s"),
+            GridError::Conflict(_)
+        ));
+        let io = CallError::Io {
+            addr: "c".into(),
+            reason: "gone".into(),
+        };
         assert!(matches!(grid_error(io, None), GridError::Coordinator(_)));
         assert!(answer_len(vec![1, 2], 3, "c", "q").is_err());
     }

@@ -40,7 +40,10 @@ pub struct CoreConfig {
 
 impl Default for CoreConfig {
     fn default() -> Self {
-        Self { cache_bytes: 256 << 20, readahead_chunks: 4 }
+        Self {
+            cache_bytes: 256 << 20,
+            readahead_chunks: 4,
+        }
     }
 }
 
@@ -91,7 +94,9 @@ pub struct FsCore {
 
 impl std::fmt::Debug for FsCore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FsCore").field("spool_dir", &self.spool_dir).finish()
+        f.debug_struct("FsCore")
+            .field("spool_dir", &self.spool_dir)
+            .finish()
     }
 }
 
@@ -128,7 +133,10 @@ impl FsCore {
     fn recover(&self) -> Result<(), FsError> {
         let provisional = self.meta.provisional_inodes()?;
         if !provisional.is_empty() {
-            tracing::warn!(count = provisional.len(), "removing files whose writes never completed");
+            tracing::warn!(
+                count = provisional.len(),
+                "removing files whose writes never completed"
+            );
         }
         for (ino, inode) in provisional {
             let mut tx = self.meta.write()?;
@@ -212,12 +220,24 @@ impl FsCore {
         self.handles
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(fh, Handle { ino, write, last_read_end: 0 });
+            .insert(
+                fh,
+                Handle {
+                    ino,
+                    write,
+                    last_read_end: 0,
+                },
+            );
         fh
     }
 
     fn handle(&self, fh: u64) -> Result<Handle, FsError> {
-        self.handles.lock().unwrap_or_else(|p| p.into_inner()).get(&fh).copied().ok_or(FsError::BadHandle)
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh)
+            .copied()
+            .ok_or(FsError::BadHandle)
     }
 
     /// Attributes of an inode.

@@ -116,7 +116,13 @@ impl ChunkCrypto {
     pub fn seal(&self, id: &ChunkId, blob: &[u8]) -> Result<Vec<u8>, CryptoError> {
         let (cipher, nonce) = self.cipher_and_nonce(id);
         cipher
-            .encrypt(&nonce, Payload { msg: blob, aad: id.as_bytes() })
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: blob,
+                    aad: id.as_bytes(),
+                },
+            )
             .map_err(|_| CryptoError::Encrypt)
     }
 
@@ -127,7 +133,13 @@ impl ChunkCrypto {
         }
         let (cipher, nonce) = self.cipher_and_nonce(id);
         cipher
-            .decrypt(&nonce, Payload { msg: sealed, aad: id.as_bytes() })
+            .decrypt(
+                &nonce,
+                Payload {
+                    msg: sealed,
+                    aad: id.as_bytes(),
+                },
+            )
             .map_err(|_| CryptoError::Decrypt)
     }
 }
@@ -152,7 +164,13 @@ pub fn seal_meta(master: &MasterKey, plaintext: &[u8], aad: &[u8]) -> Result<Vec
     let mut nonce = [0u8; NONCE_LEN];
     getrandom::fill(&mut nonce).expect("invariant: the OS random source is available");
     let ct = meta_cipher(master)
-        .encrypt(&XNonce::from(nonce), Payload { msg: plaintext, aad })
+        .encrypt(
+            &XNonce::from(nonce),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
         .map_err(|_| CryptoError::Encrypt)?;
     let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
     out.extend_from_slice(&nonce);
@@ -167,7 +185,13 @@ pub fn open_meta(master: &MasterKey, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8
     }
     let nonce = XNonce::try_from(&sealed[..NONCE_LEN]).map_err(|_| CryptoError::Decrypt)?;
     meta_cipher(master)
-        .decrypt(&nonce, Payload { msg: &sealed[NONCE_LEN..], aad })
+        .decrypt(
+            &nonce,
+            Payload {
+                msg: &sealed[NONCE_LEN..],
+                aad,
+            },
+        )
         .map_err(|_| CryptoError::Decrypt)
 }
 
@@ -199,7 +223,10 @@ mod tests {
         assert_eq!(s1, c2.seal(&id, &pt).unwrap());
         assert_eq!(s1.len(), pt.len() + SEAL_OVERHEAD);
         assert_eq!(c2.open(&id, &s1).unwrap(), pt);
-        assert!(!s1.windows(16).any(|w| w == &pt[..16]), "plaintext visible in ciphertext");
+        assert!(
+            !s1.windows(16).any(|w| w == &pt[..16]),
+            "plaintext visible in ciphertext"
+        );
     }
 
     #[test]
@@ -209,12 +236,21 @@ mod tests {
         let pt = vec![42u8; 1000];
         let id = c.chunk_id(&pt);
         let sealed = c.seal(&id, &pt).unwrap();
-        assert!(matches!(other.open(&id, &sealed), Err(CryptoError::Decrypt)));
-        assert!(matches!(c.open(&ChunkId([1; 32]), &sealed), Err(CryptoError::Decrypt)));
+        assert!(matches!(
+            other.open(&id, &sealed),
+            Err(CryptoError::Decrypt)
+        ));
+        assert!(matches!(
+            c.open(&ChunkId([1; 32]), &sealed),
+            Err(CryptoError::Decrypt)
+        ));
         let mut bad = sealed.clone();
         bad[100] ^= 1;
         assert!(matches!(c.open(&id, &bad), Err(CryptoError::Decrypt)));
-        assert!(matches!(c.open(&id, &sealed[..10]), Err(CryptoError::TooShort(10))));
+        assert!(matches!(
+            c.open(&id, &sealed[..10]),
+            Err(CryptoError::TooShort(10))
+        ));
     }
 
     #[test]
@@ -224,9 +260,18 @@ mod tests {
         let b = seal_meta(&k.master, b"tree", b"snap").unwrap();
         assert_ne!(a, b);
         assert_eq!(open_meta(&k.master, &a, b"snap").unwrap(), b"tree");
-        assert!(matches!(open_meta(&k.master, &a, b"other"), Err(CryptoError::Decrypt)));
+        assert!(matches!(
+            open_meta(&k.master, &a, b"other"),
+            Err(CryptoError::Decrypt)
+        ));
         let other = ClientKeys::generate();
-        assert!(matches!(open_meta(&other.master, &a, b"snap"), Err(CryptoError::Decrypt)));
-        assert!(matches!(open_meta(&k.master, &a[..5], b""), Err(CryptoError::TooShort(5))));
+        assert!(matches!(
+            open_meta(&other.master, &a, b"snap"),
+            Err(CryptoError::Decrypt)
+        ));
+        assert!(matches!(
+            open_meta(&k.master, &a[..5], b""),
+            Err(CryptoError::TooShort(5))
+        ));
     }
 }

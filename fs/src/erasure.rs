@@ -60,18 +60,27 @@ pub fn shard_bytes_for(blob_len: usize, k: u8) -> usize {
 impl ErasureParams {
     /// Check `k`, `m` and `shard_bytes`.
     pub fn new(k: u8, m: u8, shard_bytes: u64) -> Result<Self, ErasureError> {
-        let bad = |reason: &str| ErasureError::Params { k, m, shard_bytes, reason: reason.into() };
+        let bad = |reason: &str| ErasureError::Params {
+            k,
+            m,
+            shard_bytes,
+            reason: reason.into(),
+        };
         if k == 0 {
             return Err(bad("k must be at least 1"));
         }
-        if shard_bytes == 0 || shard_bytes % 2 != 0 {
+        if shard_bytes == 0 || !shard_bytes.is_multiple_of(2) {
             return Err(bad("shard_bytes must be even and non-zero"));
         }
         let shard = usize::try_from(shard_bytes).map_err(|_| bad("shard_bytes too large"))?;
         if k > 1 && m > 0 && !ReedSolomonEncoder::supports(k.into(), m.into()) {
             return Err(bad("unsupported shard counts"));
         }
-        Ok(Self { k, m, shard_bytes: shard })
+        Ok(Self {
+            k,
+            m,
+            shard_bytes: shard,
+        })
     }
 
     /// Data packets.
@@ -139,18 +148,31 @@ pub fn decode(p: ErasureParams, packets: &[(u8, &[u8])]) -> Result<Vec<u8>, Eras
     let mut have: Vec<Option<&[u8]>> = vec![None; p.total()];
     for &(index, bytes) in packets {
         let bad = |reason: String| ErasureError::BadPacket { index, reason };
-        let slot = have.get_mut(usize::from(index)).ok_or_else(|| bad("index out of range".into()))?;
+        let slot = have
+            .get_mut(usize::from(index))
+            .ok_or_else(|| bad("index out of range".into()))?;
         if bytes.len() != p.shard_bytes {
-            return Err(bad(format!("{} bytes, expected {}", bytes.len(), p.shard_bytes)));
+            return Err(bad(format!(
+                "{} bytes, expected {}",
+                bytes.len(),
+                p.shard_bytes
+            )));
         }
         *slot = Some(bytes);
     }
     let count = have.iter().flatten().count();
     if count < usize::from(p.k) {
-        return Err(ErasureError::NotEnough { k: p.k, have: count });
+        return Err(ErasureError::NotEnough {
+            k: p.k,
+            have: count,
+        });
     }
     if p.k == 1 {
-        let first = have.iter().flatten().next().expect("invariant: count >= k = 1");
+        let first = have
+            .iter()
+            .flatten()
+            .next()
+            .expect("invariant: count >= k = 1");
         return Ok(first.to_vec());
     }
     let k = usize::from(p.k);
@@ -174,7 +196,10 @@ pub fn decode(p: ErasureParams, packets: &[(u8, &[u8])]) -> Result<Vec<u8>, Eras
     }
     let result = dec.decode()?;
     for i in missing {
-        let s = result.restored_original(i).ok_or(ErasureError::NotEnough { k: p.k, have: count })?;
+        let s = result.restored_original(i).ok_or(ErasureError::NotEnough {
+            k: p.k,
+            have: count,
+        })?;
         out[i * p.shard_bytes..(i + 1) * p.shard_bytes].copy_from_slice(s);
     }
     Ok(out)
@@ -207,7 +232,10 @@ mod tests {
                 assert!(out[data.len()..].iter().all(|b| *b == 0));
                 subsets += 1;
             } else {
-                assert!(matches!(r, Err(ErasureError::NotEnough { k: 4, .. })), "mask {mask:06b}");
+                assert!(
+                    matches!(r, Err(ErasureError::NotEnough { k: 4, .. })),
+                    "mask {mask:06b}"
+                );
             }
         }
         assert_eq!(subsets, 15 + 6 + 1);
@@ -221,7 +249,10 @@ mod tests {
         assert_eq!(packets.len(), 3);
         assert!(packets.iter().all(|s| s == &data));
         assert_eq!(decode(p, &[(2, &packets[2])]).unwrap(), data);
-        assert!(matches!(decode(p, &[]), Err(ErasureError::NotEnough { .. })));
+        assert!(matches!(
+            decode(p, &[]),
+            Err(ErasureError::NotEnough { .. })
+        ));
     }
 
     #[test]
@@ -243,7 +274,11 @@ mod tests {
         // No parity: plain split.
         let p0 = ErasureParams::new(3, 0, 8).unwrap();
         let s = encode(&blob(24), p0).unwrap();
-        let all: Vec<(u8, &[u8])> = s.iter().enumerate().map(|(i, v)| (i as u8, &v[..])).collect();
+        let all: Vec<(u8, &[u8])> = s
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i as u8, &v[..]))
+            .collect();
         assert_eq!(decode(p0, &all).unwrap(), blob(24));
         assert_eq!(shard_bytes_for(10_001, 4), 2502);
         assert_eq!(shard_bytes_for(0, 4), 2);

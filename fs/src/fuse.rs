@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, LockOwner,
-    MountOption, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, LockOwner, MountOption,
+    OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 use tracing::{Instrument, debug_span};
 
@@ -96,10 +96,20 @@ fn time_or_now(t: Option<TimeOrNow>) -> Option<Time> {
 impl FuseAdapter {
     /// An adapter over `core`, running its futures on `rt`.
     pub fn new(core: Arc<FsCore>, rt: tokio::runtime::Handle) -> Self {
-        Self { core, rt, dirs: Mutex::new(HashMap::new()), next_dir_fh: AtomicU64::new(1) }
+        Self {
+            core,
+            rt,
+            dirs: Mutex::new(HashMap::new()),
+            next_dir_fh: AtomicU64::new(1),
+        }
     }
 
-    fn run<T>(&self, op: &'static str, ino: u64, f: impl Future<Output = Result<T, FsError>>) -> Result<T, FsError> {
+    fn run<T>(
+        &self,
+        op: &'static str,
+        ino: u64,
+        f: impl Future<Output = Result<T, FsError>>,
+    ) -> Result<T, FsError> {
         let span = debug_span!("fuse", op, ino);
         let r = self.rt.block_on(f.instrument(span));
         if let Err(e) = &r {
@@ -111,7 +121,11 @@ impl FuseAdapter {
 
 impl fuser::Filesystem for FuseAdapter {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.run("lookup", parent.0, self.core.lookup(parent.0, name.as_bytes())) {
+        match self.run(
+            "lookup",
+            parent.0,
+            self.core.lookup(parent.0, name.as_bytes()),
+        ) {
             Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
             Err(e) => reply.error(errno(&e)),
         }
@@ -142,7 +156,14 @@ impl fuser::Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let set = SetAttr { mode, uid, gid, size, atime: time_or_now(atime), mtime: time_or_now(mtime) };
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: time_or_now(atime),
+            mtime: time_or_now(mtime),
+        };
         match self.run("setattr", ino.0, self.core.setattr(ino.0, set)) {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
             Err(e) => reply.error(errno(&e)),
@@ -165,8 +186,13 @@ impl fuser::Filesystem for FuseAdapter {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let owner = Owner { uid: req.uid(), gid: req.gid() };
-        let f = self.core.mkdir(parent.0, name.as_bytes(), mode & !umask, owner);
+        let owner = Owner {
+            uid: req.uid(),
+            gid: req.gid(),
+        };
+        let f = self
+            .core
+            .mkdir(parent.0, name.as_bytes(), mode & !umask, owner);
         match self.run("mkdir", parent.0, f) {
             Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
             Err(e) => reply.error(errno(&e)),
@@ -174,14 +200,22 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.run("unlink", parent.0, self.core.unlink(parent.0, name.as_bytes())) {
+        match self.run(
+            "unlink",
+            parent.0,
+            self.core.unlink(parent.0, name.as_bytes()),
+        ) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.run("rmdir", parent.0, self.core.rmdir(parent.0, name.as_bytes())) {
+        match self.run(
+            "rmdir",
+            parent.0,
+            self.core.rmdir(parent.0, name.as_bytes()),
+        ) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }
@@ -195,8 +229,16 @@ impl fuser::Filesystem for FuseAdapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let owner = Owner { uid: req.uid(), gid: req.gid() };
-        let f = self.core.symlink(parent.0, link_name.as_bytes(), target.as_os_str().as_bytes(), owner);
+        let owner = Owner {
+            uid: req.uid(),
+            gid: req.gid(),
+        };
+        let f = self.core.symlink(
+            parent.0,
+            link_name.as_bytes(),
+            target.as_os_str().as_bytes(),
+            owner,
+        );
         match self.run("symlink", parent.0, f) {
             Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
             Err(e) => reply.error(errno(&e)),
@@ -218,7 +260,13 @@ impl fuser::Filesystem for FuseAdapter {
             return;
         }
         let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
-        let f = self.core.rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), noreplace);
+        let f = self.core.rename(
+            parent.0,
+            name.as_bytes(),
+            newparent.0,
+            newname.as_bytes(),
+            noreplace,
+        );
         match self.run("rename", parent.0, f) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
@@ -281,7 +329,14 @@ impl fuser::Filesystem for FuseAdapter {
         }
     }
 
-    fn flush(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _lo: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _lo: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         match self.run("flush", ino.0, self.core.flush(fh.0)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
@@ -304,7 +359,14 @@ impl fuser::Filesystem for FuseAdapter {
         }
     }
 
-    fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         match self.run("fsync", ino.0, self.core.fsync(fh.0)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
@@ -317,15 +379,26 @@ impl fuser::Filesystem for FuseAdapter {
             let entries = core.readdir(ino.0).await?;
             let parent = core.parent_of(ino.0).await?;
             let mut all = Vec::with_capacity(entries.len() + 2);
-            all.push(DirEntry { ino: ino.0, kind: Kind::Dir, name: b".".to_vec() });
-            all.push(DirEntry { ino: parent, kind: Kind::Dir, name: b"..".to_vec() });
+            all.push(DirEntry {
+                ino: ino.0,
+                kind: Kind::Dir,
+                name: b".".to_vec(),
+            });
+            all.push(DirEntry {
+                ino: parent,
+                kind: Kind::Dir,
+                name: b"..".to_vec(),
+            });
             all.extend(entries);
             Ok(all)
         };
         match self.run("opendir", ino.0, f) {
             Ok(all) => {
                 let fh = self.next_dir_fh.fetch_add(1, Ordering::Relaxed);
-                self.dirs.lock().unwrap_or_else(|p| p.into_inner()).insert(fh, Arc::new(all));
+                self.dirs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(fh, Arc::new(all));
                 reply.opened(FileHandle(fh), FopenFlags::empty())
             }
             Err(e) => reply.error(errno(&e)),
@@ -340,27 +413,49 @@ impl fuser::Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = self.dirs.lock().unwrap_or_else(|p| p.into_inner()).get(&fh.0).cloned();
+        let entries = self
+            .dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh.0)
+            .cloned();
         let Some(entries) = entries else {
             reply.error(Errno::EBADF);
             return;
         };
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(e.ino), (i + 1) as u64, kind(e.kind), OsStr::from_bytes(&e.name)) {
+            if reply.add(
+                INodeNo(e.ino),
+                (i + 1) as u64,
+                kind(e.kind),
+                OsStr::from_bytes(&e.name),
+            ) {
                 break;
             }
         }
         reply.ok();
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
-        self.dirs.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh.0);
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh.0);
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let s = self.core.statfs();
-        reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, BLOCK_SIZE, 255, BLOCK_SIZE);
+        reply.statfs(
+            s.blocks, s.bfree, s.bavail, s.files, s.ffree, BLOCK_SIZE, 255, BLOCK_SIZE,
+        );
     }
 
     fn setxattr(
@@ -373,14 +468,22 @@ impl fuser::Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        match self.run("setxattr", ino.0, self.core.setxattr(ino.0, name.as_bytes(), value, flags)) {
+        match self.run(
+            "setxattr",
+            ino.0,
+            self.core.setxattr(ino.0, name.as_bytes(), value, flags),
+        ) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self.run("getxattr", ino.0, self.core.getxattr(ino.0, name.as_bytes())) {
+        match self.run(
+            "getxattr",
+            ino.0,
+            self.core.getxattr(ino.0, name.as_bytes()),
+        ) {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
             Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
             Ok(v) => reply.data(&v),
@@ -409,7 +512,11 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.run("removexattr", ino.0, self.core.removexattr(ino.0, name.as_bytes())) {
+        match self.run(
+            "removexattr",
+            ino.0,
+            self.core.removexattr(ino.0, name.as_bytes()),
+        ) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }
@@ -425,13 +532,22 @@ impl fuser::Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let owner = Owner { uid: req.uid(), gid: req.gid() };
+        let owner = Owner {
+            uid: req.uid(),
+            gid: req.gid(),
+        };
         let exclusive = flags & libc::O_EXCL != 0;
-        let f = self.core.create(parent.0, name.as_bytes(), mode & !umask, owner, exclusive);
+        let f = self
+            .core
+            .create(parent.0, name.as_bytes(), mode & !umask, owner, exclusive);
         match self.run("create", parent.0, f) {
-            Ok((a, fh)) => {
-                reply.created(&TTL, &file_attr(&a), Generation(0), FileHandle(fh), FopenFlags::empty())
-            }
+            Ok((a, fh)) => reply.created(
+                &TTL,
+                &file_attr(&a),
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -469,8 +585,10 @@ pub fn mount(
     if !mountpoint.is_dir() {
         return Err(MountError::NoMountpoint(shown));
     }
-    let mut entries =
-        std::fs::read_dir(mountpoint).map_err(|e| MountError::Mount { path: shown.clone(), source: e })?;
+    let mut entries = std::fs::read_dir(mountpoint).map_err(|e| MountError::Mount {
+        path: shown.clone(),
+        source: e,
+    })?;
     if entries.next().is_some() {
         return Err(MountError::NotEmpty(shown));
     }
@@ -488,6 +606,10 @@ pub fn mount(
     cfg.acl = fuser::SessionACL::All;
     cfg.n_threads = Some(threads.max(2));
     cfg.clone_fd = true;
-    fuser::spawn_mount(FuseAdapter::new(core, rt), mountpoint, &cfg)
-        .map_err(|e| MountError::Mount { path: shown, source: e })
+    fuser::spawn_mount(FuseAdapter::new(core, rt), mountpoint, &cfg).map_err(|e| {
+        MountError::Mount {
+            path: shown,
+            source: e,
+        }
+    })
 }

@@ -75,12 +75,17 @@ pub struct IdentityFile {
 impl IdentityFile {
     /// The client id.
     pub fn client(&self) -> Result<ClientId, String> {
-        self.client_id.parse().map_err(|e: gridback_proto::ids::ParseIdError| e.to_string())
+        self.client_id
+            .parse()
+            .map_err(|e: gridback_proto::ids::ParseIdError| e.to_string())
     }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JoinError + '_ {
-    move |source| JoinError::Io { path: path.to_path_buf(), source }
+    move |source| JoinError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Write a file atomically (temporary file, fsync, rename) with `mode`.
@@ -118,15 +123,25 @@ pub async fn join_client(
     let (key_pem, csr_der) = new_key_and_csr(label)?;
     let ep = client_endpoint_with(anonymous_client_config(&ca_der)?)?;
     let conn = connect(&ep, coordinator_addr, COORDINATOR_SERVER_NAME).await?;
-    let req = Join { token: token.to_string(), role: Role::Client, csr_der, label: label.to_string() };
+    let req = Join {
+        token: token.to_string(),
+        role: Role::Client,
+        csr_der,
+        label: label.to_string(),
+    };
     let joined = call(&conn, req, JOIN_TIMEOUT).await;
     conn.close(0u32.into(), b"joined");
     let joined = joined?;
     if joined.role != Role::Client {
-        return Err(JoinError::Unexpected(format!("granted role {:?}", joined.role)));
+        return Err(JoinError::Unexpected(format!(
+            "granted role {:?}",
+            joined.role
+        )));
     }
     if joined.ca_der.as_slice() != ca_der.as_ref() {
-        return Err(JoinError::Unexpected("the coordinator returned another CA certificate".into()));
+        return Err(JoinError::Unexpected(
+            "the coordinator returned another CA certificate".into(),
+        ));
     }
     let client = ClientId(joined.id);
     let cert_pem = der_to_pem("CERTIFICATE", &joined.cert_der);
@@ -136,10 +151,15 @@ pub async fn join_client(
     write_file(&tls_dir.join("client.key"), key_pem.as_bytes(), 0o600)?;
     write_file(&tls_dir.join("client.crt"), cert_pem.as_bytes(), 0o644)?;
     write_file(&tls_dir.join("ca.crt"), ca_pem.as_bytes(), 0o644)?;
-    let ident = IdentityFile { client_id: client.to_string(), grid_id: hex::encode(joined.grid) };
+    let ident = IdentityFile {
+        client_id: client.to_string(),
+        grid_id: hex::encode(joined.grid),
+    };
     let text = toml::to_string(&ident).map_err(|e| JoinError::Unexpected(e.to_string()))?;
     write_file(&tls_dir.join("identity.toml"), text.as_bytes(), 0o644)?;
-    std::fs::File::open(tls_dir).and_then(|d| d.sync_all()).map_err(io(tls_dir))?;
+    std::fs::File::open(tls_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(tls_dir))?;
     Ok(client)
 }
 
@@ -150,18 +170,29 @@ pub fn load_identity(tls_dir: &Path) -> Result<(Identity, IdentityFile), JoinErr
         std::fs::read_to_string(&p).map_err(io(&p))
     };
     let key_path = tls_dir.join("client.key");
-    let mode = std::fs::metadata(&key_path).map_err(io(&key_path))?.permissions().mode() & 0o777;
+    let mode = std::fs::metadata(&key_path)
+        .map_err(io(&key_path))?
+        .permissions()
+        .mode()
+        & 0o777;
     if mode & 0o077 != 0 {
         return Err(JoinError::Malformed {
             path: key_path,
             reason: format!("mode {mode:o} lets other users read the private key; chmod 600 it"),
         });
     }
-    let identity = Identity::from_pem(&read("client.crt")?, &read("client.key")?, &read("ca.crt")?)?;
+    let identity =
+        Identity::from_pem(&read("client.crt")?, &read("client.key")?, &read("ca.crt")?)?;
     let ident_path = tls_dir.join("identity.toml");
-    let file: IdentityFile = toml::from_str(&read("identity.toml")?)
-        .map_err(|e| JoinError::Malformed { path: ident_path.clone(), reason: e.to_string() })?;
-    file.client().map_err(|reason| JoinError::Malformed { path: ident_path, reason })?;
+    let file: IdentityFile =
+        toml::from_str(&read("identity.toml")?).map_err(|e| JoinError::Malformed {
+            path: ident_path.clone(),
+            reason: e.to_string(),
+        })?;
+    file.client().map_err(|reason| JoinError::Malformed {
+        path: ident_path,
+        reason,
+    })?;
     Ok((identity, file))
 }
 
@@ -177,16 +208,34 @@ mod tests {
         let client = ClientId::random();
         let id = ca.issue_with_key(&client_server_name(client), "c").unwrap();
         write_file(&dir.path().join("client.key"), id.key_pem.as_bytes(), 0o600).unwrap();
-        write_file(&dir.path().join("client.crt"), id.cert_pem().as_bytes(), 0o644).unwrap();
+        write_file(
+            &dir.path().join("client.crt"),
+            id.cert_pem().as_bytes(),
+            0o644,
+        )
+        .unwrap();
         write_file(&dir.path().join("ca.crt"), ca.cert_pem().as_bytes(), 0o644).unwrap();
-        let ident = IdentityFile { client_id: client.to_string(), grid_id: "00".repeat(16) };
-        write_file(&dir.path().join("identity.toml"), toml::to_string(&ident).unwrap().as_bytes(), 0o644)
-            .unwrap();
+        let ident = IdentityFile {
+            client_id: client.to_string(),
+            grid_id: "00".repeat(16),
+        };
+        write_file(
+            &dir.path().join("identity.toml"),
+            toml::to_string(&ident).unwrap().as_bytes(),
+            0o644,
+        )
+        .unwrap();
         let (loaded, file) = load_identity(dir.path()).unwrap();
         assert_eq!(loaded.fingerprint(), id.fingerprint());
         assert_eq!(file.client().unwrap(), client);
-        std::fs::set_permissions(dir.path().join("client.key"), std::fs::Permissions::from_mode(0o640))
-            .unwrap();
-        assert!(matches!(load_identity(dir.path()), Err(JoinError::Malformed { .. })));
+        std::fs::set_permissions(
+            dir.path().join("client.key"),
+            std::fs::Permissions::from_mode(0o640),
+        )
+        .unwrap();
+        assert!(matches!(
+            load_identity(dir.path()),
+            Err(JoinError::Malformed { .. })
+        ));
     }
 }

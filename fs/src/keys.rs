@@ -136,30 +136,49 @@ const HEADER: &str = "\
 impl ClientKeys {
     /// Fresh keys for a new dedup domain.
     pub fn generate() -> Self {
-        Self { domain: DomainKey::generate(), master: MasterKey::generate() }
+        Self {
+            domain: DomainKey::generate(),
+            master: MasterKey::generate(),
+        }
     }
 
     /// Fresh keys for a new client joining an existing dedup domain.
     pub fn with_domain(domain: DomainKey) -> Self {
-        Self { domain, master: MasterKey::generate() }
+        Self {
+            domain,
+            master: MasterKey::generate(),
+        }
     }
 
     /// Load a key file, refusing one that other users can read.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let io = |source| KeyError::Io { path: path.to_path_buf(), source };
+        let io = |source| KeyError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let meta = std::fs::metadata(path).map_err(io)?;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
-            return Err(KeyError::Permissions { path: path.to_path_buf(), mode });
+            return Err(KeyError::Permissions {
+                path: path.to_path_buf(),
+                mode,
+            });
         }
         let mut text = std::fs::read_to_string(path).map_err(io)?;
-        let malformed = |reason: String| KeyError::Malformed { path: path.to_path_buf(), reason };
+        let malformed = |reason: String| KeyError::Malformed {
+            path: path.to_path_buf(),
+            reason,
+        };
         let parsed: Result<KeyFile, _> = toml::from_str(&text);
         text.zeroize();
         // The TOML error message may quote the line; keep only its kind of failure.
         let mut file = parsed.map_err(|e| malformed(e.message().to_string()))?;
-        let keys = DomainKey::from_hex(&file.dedup_domain_key)
-            .and_then(|domain| Ok(Self { domain, master: MasterKey::from_hex(&file.master_key)? }));
+        let keys = DomainKey::from_hex(&file.dedup_domain_key).and_then(|domain| {
+            Ok(Self {
+                domain,
+                master: MasterKey::from_hex(&file.master_key)?,
+            })
+        });
         file.dedup_domain_key.zeroize();
         file.master_key.zeroize();
         keys.map_err(malformed)
@@ -168,7 +187,10 @@ impl ClientKeys {
     /// Load the key file, or create one with fresh keys when there is none (first start of
     /// a new client). Returns whether it was created. An existing file is never replaced.
     pub fn load_or_generate(path: &Path) -> Result<(Self, bool), KeyError> {
-        if path.try_exists().map_err(|source| KeyError::Io { path: path.to_path_buf(), source })? {
+        if path.try_exists().map_err(|source| KeyError::Io {
+            path: path.to_path_buf(),
+            source,
+        })? {
             return Ok((Self::load(path)?, false));
         }
         let keys = Self::generate();
@@ -178,14 +200,23 @@ impl ClientKeys {
 
     /// Write the key file atomically with mode 0600 (temporary file, fsync, rename).
     pub fn save(&self, path: &Path) -> Result<(), KeyError> {
-        let io = |source| KeyError::Io { path: path.to_path_buf(), source };
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let io = |source| KeyError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let mut text = format!(
             "{HEADER}dedup_domain_key = \"{}\"\nmaster_key = \"{}\"\n",
             hex::encode(self.domain.expose()),
             hex::encode(self.master.expose())
         );
-        let file_name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
         let tmp = dir.join(format!(".{file_name}.tmp{}", std::process::id()));
         let result = (|| {
             let mut f = std::fs::OpenOptions::new()
@@ -238,7 +269,10 @@ mod tests {
         ClientKeys::generate().save(&path).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = ClientKeys::load(&path).unwrap_err();
-        assert!(matches!(err, KeyError::Permissions { mode: 0o644, .. }), "{err}");
+        assert!(
+            matches!(err, KeyError::Permissions { mode: 0o644, .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("chmod 600"));
 
         std::fs::write(&path, "dedup_domain_key = \"abcd\"\nmaster_key = \"00\"\n").unwrap();
@@ -246,7 +280,10 @@ mod tests {
         let err = ClientKeys::load(&path).unwrap_err();
         assert!(matches!(err, KeyError::Malformed { .. }), "{err}");
         std::fs::write(&path, "surprise = 1\n").unwrap();
-        assert!(matches!(ClientKeys::load(&path), Err(KeyError::Malformed { .. })));
+        assert!(matches!(
+            ClientKeys::load(&path),
+            Err(KeyError::Malformed { .. })
+        ));
         assert!(matches!(
             ClientKeys::load(&dir.path().join("missing.toml")),
             Err(KeyError::Io { .. })

@@ -6,23 +6,23 @@
 //! filesystem core (`core::FsCore`, FUSE-free and async) needs. `fuse` is the thin kernel
 //! adapter over `FsCore`; `meta` is the client's local, crash-safe metadata (redb).
 
-pub mod control;
-pub mod core;
-pub mod fuse;
-pub mod grid;
-pub mod meta;
-pub mod tree;
 pub mod chunker;
+pub mod client;
 pub mod compress;
+pub mod config;
+pub mod control;
+pub mod coord_client;
+pub mod core;
 pub mod crypto;
 pub mod erasure;
-pub mod keys;
-pub mod packet;
-pub mod client;
-pub mod config;
-pub mod coord_client;
+pub mod fuse;
+pub mod grid;
 pub mod join;
+pub mod keys;
+pub mod meta;
 pub mod node_client;
+pub mod packet;
 pub mod reader;
 pub mod testing;
+pub mod tree;
 pub mod uploader;

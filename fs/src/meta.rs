@@ -94,13 +94,22 @@ impl Time {
     /// From a `SystemTime`.
     pub fn from_system(t: std::time::SystemTime) -> Self {
         match t.duration_since(std::time::UNIX_EPOCH) {
-            Ok(d) => Time { secs: d.as_secs() as i64, nanos: d.subsec_nanos() },
+            Ok(d) => Time {
+                secs: d.as_secs() as i64,
+                nanos: d.subsec_nanos(),
+            },
             Err(e) => {
                 let d = e.duration();
                 if d.subsec_nanos() == 0 {
-                    Time { secs: -(d.as_secs() as i64), nanos: 0 }
+                    Time {
+                        secs: -(d.as_secs() as i64),
+                        nanos: 0,
+                    }
                 } else {
-                    Time { secs: -(d.as_secs() as i64) - 1, nanos: 1_000_000_000 - d.subsec_nanos() }
+                    Time {
+                        secs: -(d.as_secs() as i64) - 1,
+                        nanos: 1_000_000_000 - d.subsec_nanos(),
+                    }
                 }
             }
         }
@@ -225,7 +234,9 @@ impl MetaStore {
 
     /// Start a write transaction.
     pub fn write(&self) -> Result<MetaTx, MetaError> {
-        Ok(MetaTx { tx: self.db.begin_write()? })
+        Ok(MetaTx {
+            tx: self.db.begin_write()?,
+        })
     }
 
     /// Read one inode.
@@ -279,7 +290,10 @@ impl MetaStore {
     pub fn content(&self, ino: u64) -> Result<Vec<ChunkRef>, MetaError> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(CONTENTS)?;
-        Ok(t.get(ino)?.map(|v| dec(v.value())).transpose()?.unwrap_or_default())
+        Ok(t.get(ino)?
+            .map(|v| dec(v.value()))
+            .transpose()?
+            .unwrap_or_default())
     }
 
     /// Every snapshot known locally.
@@ -321,7 +335,10 @@ impl MetaTx {
     /// Allocate a fresh inode number.
     pub fn alloc_ino(&mut self) -> Result<u64, MetaError> {
         let mut c = self.tx.open_table(COUNTERS)?;
-        let next = c.get(NEXT_INO)?.map(|v| v.value()).unwrap_or(FIRST_DYNAMIC_INO);
+        let next = c
+            .get(NEXT_INO)?
+            .map(|v| v.value())
+            .unwrap_or(FIRST_DYNAMIC_INO);
         c.insert(NEXT_INO, next + 1)?;
         Ok(next)
     }
@@ -329,8 +346,7 @@ impl MetaTx {
     /// Read an inode inside the transaction.
     pub fn inode(&self, ino: u64) -> Result<Option<Inode>, MetaError> {
         let t = self.tx.open_table(INODES)?;
-        let r = t.get(ino)?.map(|v| dec(v.value())).transpose();
-        r
+        t.get(ino)?.map(|v| dec(v.value())).transpose()
     }
 
     /// Write an inode.
@@ -350,8 +366,7 @@ impl MetaTx {
     /// Look a name up inside the transaction.
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Option<u64>, MetaError> {
         let t = self.tx.open_table(DIRENTS)?;
-        let r = t.get((parent, name))?.map(|v| v.value());
-        Ok(r)
+        Ok(t.get((parent, name))?.map(|v| v.value()))
     }
 
     /// Whether a directory has entries (inside the transaction).
@@ -378,20 +393,28 @@ impl MetaTx {
 
     /// Set a file's chunk list.
     pub fn put_content(&mut self, ino: u64, chunks: &[ChunkRef]) -> Result<(), MetaError> {
-        self.tx.open_table(CONTENTS)?.insert(ino, enc(&chunks).as_slice())?;
+        self.tx
+            .open_table(CONTENTS)?
+            .insert(ino, enc(&chunks).as_slice())?;
         Ok(())
     }
 
     /// A file's chunk list inside the transaction.
     pub fn content(&self, ino: u64) -> Result<Vec<ChunkRef>, MetaError> {
         let t = self.tx.open_table(CONTENTS)?;
-        let r = t.get(ino)?.map(|v| dec(v.value())).transpose()?.unwrap_or_default();
+        let r = t
+            .get(ino)?
+            .map(|v| dec(v.value()))
+            .transpose()?
+            .unwrap_or_default();
         Ok(r)
     }
 
     /// Write a snapshot record.
     pub fn put_snapshot(&mut self, name: &str, s: &LocalSnapshot) -> Result<(), MetaError> {
-        self.tx.open_table(SNAPSHOTS)?.insert(name, enc(s).as_slice())?;
+        self.tx
+            .open_table(SNAPSHOTS)?
+            .insert(name, enc(s).as_slice())?;
         Ok(())
     }
 
@@ -458,7 +481,16 @@ mod tests {
 
     #[test]
     fn negative_times_round_trip() {
-        for t in [Time { secs: -5, nanos: 250 }, Time { secs: 7, nanos: 999_999_999 }] {
+        for t in [
+            Time {
+                secs: -5,
+                nanos: 250,
+            },
+            Time {
+                secs: 7,
+                nanos: 999_999_999,
+            },
+        ] {
             assert_eq!(Time::from_system(t.to_system()), t);
         }
     }

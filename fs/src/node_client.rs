@@ -63,15 +63,21 @@ pub enum TransferError {
 impl NodeClient {
     /// Calls go through `pool`, each with the default deadline.
     pub fn new(pool: ConnPool) -> Self {
-        Self { pool, timeout: DEFAULT_CALL_TIMEOUT, down: Arc::default(), dial_locks: Arc::default() }
+        Self {
+            pool,
+            timeout: DEFAULT_CALL_TIMEOUT,
+            down: Arc::default(),
+            dial_locks: Arc::default(),
+        }
     }
 
     fn check_down(&self, node: NodeId) -> Result<(), TransferError> {
         let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
         match down.get(&node).map(Instant::elapsed) {
-            Some(ago) if ago < DOWN_MEMORY => {
-                Err(TransferError::Down { node, ago_ms: ago.as_millis() as u64 })
-            }
+            Some(ago) if ago < DOWN_MEMORY => Err(TransferError::Down {
+                node,
+                ago_ms: ago.as_millis() as u64,
+            }),
             Some(_) => {
                 down.remove(&node);
                 Ok(())
@@ -92,7 +98,10 @@ impl NodeClient {
         match self.pool.get(addr, &node_server_name(node)).await {
             Ok(_) => Ok(()),
             Err(e) => {
-                self.down.lock().unwrap_or_else(|p| p.into_inner()).insert(node, Instant::now());
+                self.down
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(node, Instant::now());
                 Err(e.into())
             }
         }
@@ -123,7 +132,12 @@ impl NodeClient {
         self.ensure_connected(node, addr).await?;
         let ack = self
             .pool
-            .call(addr, &node_server_name(node), PutPacket { order, data }, self.timeout)
+            .call(
+                addr,
+                &node_server_name(node),
+                PutPacket { order, data },
+                self.timeout,
+            )
             .instrument(span)
             .await?;
         if blake3::Hash::from_bytes(ack.checksum) != expected {
@@ -145,11 +159,20 @@ impl NodeClient {
         self.ensure_connected(node, addr).await?;
         let PacketData { data, .. } = self
             .pool
-            .call(addr, &node_server_name(node), GetPacket { order }, self.timeout)
+            .call(
+                addr,
+                &node_server_name(node),
+                GetPacket { order },
+                self.timeout,
+            )
             .instrument(span)
             .await?;
         if data.len() != expected_len {
-            return Err(TransferError::Size { node, got: data.len(), expected: expected_len });
+            return Err(TransferError::Size {
+                node,
+                got: data.len(),
+                expected: expected_len,
+            });
         }
         if blake3::hash(&data) != blake3::Hash::from_bytes(checksum) {
             return Err(TransferError::Checksum { node });

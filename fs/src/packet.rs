@@ -85,7 +85,9 @@ pub fn unpad(padded: &[u8]) -> Result<&[u8], PacketError> {
         .and_then(|p| p.try_into().ok())
         .ok_or(PacketError::Padding("shorter than its length prefix"))?;
     let len = u32::from_le_bytes(prefix) as usize;
-    padded.get(PREFIX_LEN..PREFIX_LEN + len).ok_or(PacketError::Padding("length prefix past the end"))
+    padded
+        .get(PREFIX_LEN..PREFIX_LEN + len)
+        .ok_or(PacketError::Padding("length prefix past the end"))
 }
 
 /// Compress, encrypt and pad one chunk whose id is `id`. CPU-bound: call it from a blocking
@@ -115,7 +117,11 @@ pub fn open_chunk(
         return Err(PacketError::IdMismatch { expected: *id });
     }
     if let Some(expected) = expected_len.filter(|l| *l as usize != plaintext.len()) {
-        return Err(PacketError::LengthMismatch { id: *id, expected, actual: plaintext.len() });
+        return Err(PacketError::LengthMismatch {
+            id: *id,
+            expected,
+            actual: plaintext.len(),
+        });
     }
     Ok(plaintext)
 }
@@ -149,7 +155,10 @@ mod tests {
         let id = crypto.chunk_id(&data);
         let padded = seal_chunk(&crypto, Level::default(), &id, &data).unwrap();
         assert_eq!(padded.len() % 4096, 0);
-        assert_eq!(open_chunk(&crypto, &id, &padded, Some(data.len() as u32)).unwrap(), data);
+        assert_eq!(
+            open_chunk(&crypto, &id, &padded, Some(data.len() as u32)).unwrap(),
+            data
+        );
         // Erasure zero fill after the class is ignored.
         let mut filled = padded.clone();
         filled.resize(padded.len() + 10, 0);
@@ -172,7 +181,10 @@ mod tests {
             Err(PacketError::IdMismatch { .. })
         ));
         assert!(matches!(unpad(&[1, 0]), Err(PacketError::Padding(_))));
-        assert!(matches!(unpad(&[9, 0, 0, 0, 1]), Err(PacketError::Padding(_))));
+        assert!(matches!(
+            unpad(&[9, 0, 0, 0, 1]),
+            Err(PacketError::Padding(_))
+        ));
     }
 
     proptest! {

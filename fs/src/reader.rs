@@ -48,12 +48,17 @@ pub struct Reader {
 
 impl std::fmt::Debug for Reader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reader").field("coord", &self.coord.addr()).finish_non_exhaustive()
+        f.debug_struct("Reader")
+            .field("coord", &self.coord.addr())
+            .finish_non_exhaustive()
     }
 }
 
 fn unavailable(chunk: ChunkId, reason: impl Into<String>) -> GridError {
-    GridError::ChunkUnavailable { chunk, reason: reason.into() }
+    GridError::ChunkUnavailable {
+        chunk,
+        reason: reason.into(),
+    }
 }
 
 impl Reader {
@@ -71,7 +76,10 @@ impl Reader {
 
     /// Fetch, decode and verify one chunk.
     pub async fn read_chunk(&self, chunk: ChunkRef) -> Result<Arc<Vec<u8>>, GridError> {
-        self.read_chunks(&[chunk]).await.pop().unwrap_or_else(|| Err(unavailable(chunk.id, "no result")))
+        self.read_chunks(&[chunk])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(unavailable(chunk.id, "no result")))
     }
 
     /// Fetch several chunks (readahead): one locate round trip for the uncached ones, then
@@ -82,7 +90,10 @@ impl Reader {
             Ok(l) => l,
             Err(e) => {
                 let msg = e.to_string();
-                return chunks.iter().map(|c| Err(unavailable(c.id, msg.clone()))).collect();
+                return chunks
+                    .iter()
+                    .map(|c| Err(unavailable(c.id, msg.clone())))
+                    .collect();
             }
         };
         futures::stream::iter(chunks.iter().copied().zip(locs))
@@ -133,15 +144,30 @@ impl Reader {
                 })
                 .collect()
         };
-        let missing: Vec<ChunkId> =
-            ids.iter().zip(&out).filter(|(_, o)| o.is_none()).map(|(id, _)| *id).collect();
+        let missing: Vec<ChunkId> = ids
+            .iter()
+            .zip(&out)
+            .filter(|(_, o)| o.is_none())
+            .map(|(id, _)| *id)
+            .collect();
         if !missing.is_empty() {
-            let mut found = self.coord.locate(&missing).await.map_err(|e| grid_error(e, None))?.into_iter();
+            let mut found = self
+                .coord
+                .locate(&missing)
+                .await
+                .map_err(|e| grid_error(e, None))?
+                .into_iter();
             let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
             for slot in out.iter_mut().filter(|o| o.is_none()) {
                 if let Some(Some(loc)) = found.next() {
                     let loc = Arc::new(loc);
-                    cache.put(loc.id, Cached { loc: loc.clone(), valid_until: valid_until(&loc) });
+                    cache.put(
+                        loc.id,
+                        Cached {
+                            loc: loc.clone(),
+                            valid_until: valid_until(&loc),
+                        },
+                    );
                     *slot = Some(loc);
                 }
             }
@@ -207,7 +233,11 @@ impl Reader {
             }
         }
         let reason = if failures.is_empty() {
-            format!("{} of {} packets located, {k} needed", loc.packets.len(), params.total())
+            format!(
+                "{} of {} packets located, {k} needed",
+                loc.packets.len(),
+                params.total()
+            )
         } else {
             failures.join("; ")
         };
@@ -242,7 +272,8 @@ impl Reader {
         let id = chunk.id;
         tokio::task::spawn_blocking(move || {
             let refs: Vec<(u8, &[u8])> = packets.iter().map(|(i, d)| (*i, d.as_slice())).collect();
-            let padded = erasure::decode(params, &refs).map_err(|e| unavailable(id, e.to_string()))?;
+            let padded =
+                erasure::decode(params, &refs).map_err(|e| unavailable(id, e.to_string()))?;
             packet::open_chunk(&crypto, &id, &padded, Some(chunk.len))
                 .map_err(|e| unavailable(id, e.to_string()))
         })
@@ -261,8 +292,12 @@ fn subsets(got: &[(u8, Arc<Vec<u8>>)], k: usize, first: bool) -> Vec<Vec<(u8, Ar
     (0..newest)
         .rev()
         .map(|skip| {
-            let mut s: Vec<_> =
-                got.iter().enumerate().filter(|(i, _)| *i != skip).map(|(_, p)| p.clone()).collect();
+            let mut s: Vec<_> = got
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != skip)
+                .map(|(_, p)| p.clone())
+                .collect();
             s.truncate(k);
             if !s.iter().any(|(i, _)| *i == got[newest].0) {
                 s[k - 1] = got[newest].clone();
@@ -275,8 +310,15 @@ fn subsets(got: &[(u8, Arc<Vec<u8>>)], k: usize, first: bool) -> Vec<Vec<(u8, Ar
 /// When a freshly located chunk should be located again.
 fn valid_until(loc: &ChunkLocation) -> Instant {
     let now_ms = now_unix_ms();
-    let earliest = loc.packets.iter().map(|p| p.order.order.expires_unix_ms).min().unwrap_or(now_ms);
-    let left_ms = earliest.saturating_sub(now_ms).saturating_sub(ORDER_EXPIRY_MARGIN_MS);
+    let earliest = loc
+        .packets
+        .iter()
+        .map(|p| p.order.order.expires_unix_ms)
+        .min()
+        .unwrap_or(now_ms);
+    let left_ms = earliest
+        .saturating_sub(now_ms)
+        .saturating_sub(ORDER_EXPIRY_MARGIN_MS);
     Instant::now() + LOCATION_TTL.min(Duration::from_millis(left_ms))
 }
 

@@ -39,7 +39,9 @@ pub struct MemGrid {
 
 impl std::fmt::Debug for MemGrid {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemGrid").field("chunks", &self.chunk_count()).finish_non_exhaustive()
+        f.debug_struct("MemGrid")
+            .field("chunks", &self.chunk_count())
+            .finish_non_exhaustive()
     }
 }
 
@@ -60,7 +62,12 @@ impl MemGrid {
     /// A grid with given keys and chunk sizes.
     pub fn with_keys(keys: ClientKeys, chunking: ChunkingParams) -> Self {
         let crypto = Arc::new(ChunkCrypto::new(&keys.domain));
-        Self { keys, crypto, chunking, state: Arc::default() }
+        Self {
+            keys,
+            crypto,
+            chunking,
+            state: Arc::default(),
+        }
     }
 
     /// The keys (for the tree cipher).
@@ -112,7 +119,10 @@ impl MemGrid {
 }
 
 fn info_of(record: &SnapshotRecord, refs: &HashSet<ChunkId>) -> SnapshotInfo {
-    SnapshotInfo { chunk_refs: refs.len() as u64, ..record.info.clone() }
+    SnapshotInfo {
+        chunk_refs: refs.len() as u64,
+        ..record.info.clone()
+    }
 }
 
 impl Grid for MemGrid {
@@ -129,21 +139,32 @@ impl Grid for MemGrid {
                 for chunk in Chunker::new(reader, chunking, crypto.cdc_seed()) {
                     let data = chunk.map_err(GridError::Source)?;
                     let id = crypto.chunk_id(&data);
-                    let present = state.lock().unwrap_or_else(|p| p.into_inner()).chunks.contains_key(&id);
+                    let present = state
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .chunks
+                        .contains_key(&id);
                     if !present {
                         let blob = packet::seal_chunk(&crypto, Level::default(), &id, &data)
                             .map_err(|e| GridError::Internal(e.to_string()))?;
                         out.new_chunks += 1;
                         out.new_bytes += data.len() as u64;
                         out.uploaded_bytes += blob.len() as u64;
-                        state.lock().unwrap_or_else(|p| p.into_inner()).chunks.insert(id, blob);
+                        state
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .chunks
+                            .insert(id, blob);
                     }
                     let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
                     if let Some((_, refs)) = st.snapshots.get_mut(&snapshot) {
                         refs.insert(id);
                     }
                     out.len += data.len() as u64;
-                    out.chunks.push(ChunkRef { id, len: data.len() as u32 });
+                    out.chunks.push(ChunkRef {
+                        id,
+                        len: data.len() as u32,
+                    });
                 }
                 Ok(out)
             };
@@ -157,7 +178,10 @@ impl Grid for MemGrid {
     fn read_chunk(&self, chunk: ChunkRef) -> BoxFuture<'_, Result<Arc<Vec<u8>>, GridError>> {
         async move {
             let blob = self.lock().chunks.get(&chunk.id).cloned().ok_or_else(|| {
-                GridError::ChunkUnavailable { chunk: chunk.id, reason: "not stored".into() }
+                GridError::ChunkUnavailable {
+                    chunk: chunk.id,
+                    reason: "not stored".into(),
+                }
             })?;
             let crypto = self.crypto.clone();
             let data = tokio::task::spawn_blocking(move || {
@@ -165,7 +189,10 @@ impl Grid for MemGrid {
             })
             .await
             .map_err(|e| GridError::Internal(format!("read task: {e}")))?
-            .map_err(|e| GridError::ChunkUnavailable { chunk: chunk.id, reason: e.to_string() })?;
+            .map_err(|e| GridError::ChunkUnavailable {
+                chunk: chunk.id,
+                reason: e.to_string(),
+            })?;
             Ok(Arc::new(data))
         }
         .boxed()
@@ -182,7 +209,12 @@ impl Grid for MemGrid {
                 return Err(GridError::Conflict(format!("snapshot {name:?} exists")));
             }
             let refs = match &from {
-                Some(f) => st.snapshots.get(f).ok_or_else(|| GridError::NoSuchSnapshot(f.clone()))?.1.clone(),
+                Some(f) => st
+                    .snapshots
+                    .get(f)
+                    .ok_or_else(|| GridError::NoSuchSnapshot(f.clone()))?
+                    .1
+                    .clone(),
                 None => HashSet::new(),
             };
             let info = SnapshotInfo {
@@ -193,7 +225,10 @@ impl Grid for MemGrid {
                 tree_bytes: 0,
                 chunk_refs: refs.len() as u64,
             };
-            let record = SnapshotRecord { info: info.clone(), tree: Vec::new() };
+            let record = SnapshotRecord {
+                info: info.clone(),
+                tree: Vec::new(),
+            };
             st.snapshots.insert(name, (record, refs));
             Ok(info)
         }
@@ -201,8 +236,15 @@ impl Grid for MemGrid {
     }
 
     fn snapshot_list(&self) -> BoxFuture<'_, Result<Vec<SnapshotInfo>, GridError>> {
-        async move { Ok(self.lock().snapshots.values().map(|(r, refs)| info_of(r, refs)).collect()) }
-            .boxed()
+        async move {
+            Ok(self
+                .lock()
+                .snapshots
+                .values()
+                .map(|(r, refs)| info_of(r, refs))
+                .collect())
+        }
+        .boxed()
     }
 
     fn snapshot_seal(
@@ -214,7 +256,10 @@ impl Grid for MemGrid {
         async move {
             let mut st = self.lock();
             Self::open_snapshot(&st, &name)?;
-            let (record, refs) = st.snapshots.get_mut(&name).expect("invariant: checked above");
+            let (record, refs) = st
+                .snapshots
+                .get_mut(&name)
+                .expect("invariant: checked above");
             refs.extend(tree.iter().map(|t| t.id));
             record.info.state = SnapshotState::Sealed;
             record.info.sealed_unix_ms = Some(gridback_proto::now_unix_ms());
@@ -228,8 +273,14 @@ impl Grid for MemGrid {
     fn snapshot_get(&self, name: String) -> BoxFuture<'_, Result<SnapshotRecord, GridError>> {
         async move {
             let st = self.lock();
-            let (record, refs) = st.snapshots.get(&name).ok_or(GridError::NoSuchSnapshot(name.clone()))?;
-            Ok(SnapshotRecord { info: info_of(record, refs), tree: record.tree.clone() })
+            let (record, refs) = st
+                .snapshots
+                .get(&name)
+                .ok_or(GridError::NoSuchSnapshot(name.clone()))?;
+            Ok(SnapshotRecord {
+                info: info_of(record, refs),
+                tree: record.tree.clone(),
+            })
         }
         .boxed()
     }
@@ -247,12 +298,23 @@ mod tests {
             Err(GridError::NoSuchSnapshot(_))
         ));
         g.snapshot_create("a".into(), None).await.unwrap();
-        assert!(matches!(g.snapshot_create("a".into(), None).await, Err(GridError::Conflict(_))));
-        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8 ^ (i / 4096) as u8).collect();
-        let s1 = g.store_reader("a".into(), Box::new(std::io::Cursor::new(data.clone()))).await.unwrap();
+        assert!(matches!(
+            g.snapshot_create("a".into(), None).await,
+            Err(GridError::Conflict(_))
+        ));
+        let data: Vec<u8> = (0..300_000u32)
+            .map(|i| (i % 251) as u8 ^ (i / 4096) as u8)
+            .collect();
+        let s1 = g
+            .store_reader("a".into(), Box::new(std::io::Cursor::new(data.clone())))
+            .await
+            .unwrap();
         assert!(s1.chunks.len() > 2);
         assert_eq!(s1.len, data.len() as u64);
-        let s2 = g.store_reader("a".into(), Box::new(std::io::Cursor::new(data.clone()))).await.unwrap();
+        let s2 = g
+            .store_reader("a".into(), Box::new(std::io::Cursor::new(data.clone())))
+            .await
+            .unwrap();
         assert_eq!(s2.new_chunks, 0);
         assert_eq!(s1.chunks, s2.chunks);
         let mut back = Vec::new();
@@ -261,10 +323,15 @@ mod tests {
         }
         assert_eq!(back, data);
 
-        g.snapshot_create("b".into(), Some("a".into())).await.unwrap();
+        g.snapshot_create("b".into(), Some("a".into()))
+            .await
+            .unwrap();
         let sealed = g.snapshot_seal("b".into(), vec![], 0).await.unwrap();
         assert_eq!(sealed.state, SnapshotState::Sealed);
-        assert_eq!(sealed.chunk_refs, g.snapshot_get("a".into()).await.unwrap().info.chunk_refs);
+        assert_eq!(
+            sealed.chunk_refs,
+            g.snapshot_get("a".into()).await.unwrap().info.chunk_refs
+        );
         assert!(matches!(
             g.store_reader("b".into(), Box::new(&b"x"[..])).await,
             Err(GridError::Conflict(_))
@@ -273,8 +340,14 @@ mod tests {
 
         let victim = s1.chunks[1];
         assert!(g.corrupt_chunk(&victim.id));
-        assert!(matches!(g.read_chunk(victim).await, Err(GridError::ChunkUnavailable { .. })));
+        assert!(matches!(
+            g.read_chunk(victim).await,
+            Err(GridError::ChunkUnavailable { .. })
+        ));
         assert!(g.remove_chunk(&victim.id));
-        assert!(matches!(g.read_chunk(victim).await, Err(GridError::ChunkUnavailable { .. })));
+        assert!(matches!(
+            g.read_chunk(victim).await,
+            Err(GridError::ChunkUnavailable { .. })
+        ));
     }
 }

@@ -71,7 +71,10 @@ pub fn decode(bytes: &[u8]) -> Result<TreeV1, TreeError> {
     }
     for (i, n) in t.nodes.iter().enumerate().skip(1) {
         if n.parent as usize >= i {
-            return Err(TreeError::Invalid(format!("node {i} names parent {} after it", n.parent)));
+            return Err(TreeError::Invalid(format!(
+                "node {i} names parent {} after it",
+                n.parent
+            )));
         }
     }
     Ok(t)
@@ -90,7 +93,9 @@ pub struct MasterKeyCipher {
 impl MasterKeyCipher {
     /// From the client's keys.
     pub fn new(keys: &crate::keys::ClientKeys) -> Self {
-        Self { master: keys.master.clone() }
+        Self {
+            master: keys.master.clone(),
+        }
     }
 }
 

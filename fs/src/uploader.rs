@@ -122,7 +122,14 @@ impl Uploader {
         params: UploadParams,
     ) -> Self {
         let cpu = Arc::new(Semaphore::new(params.workers.max(1)));
-        Self { coord, nodes, crypto, params, cpu, failed_nodes: Mutex::default() }
+        Self {
+            coord,
+            nodes,
+            crypto,
+            params,
+            cpu,
+            failed_nodes: Mutex::default(),
+        }
     }
 
     /// Store everything `reader` yields on behalf of `snapshot`. Returns once every chunk is
@@ -146,8 +153,11 @@ impl Uploader {
         // Depth 1: the permits, not the channel, bound memory; one slot lets the chunker run
         // ahead by a batch.
         let (tx, mut rx) = mpsc::channel(1);
-        let (crypto, chunking, batch_chunks) =
-            (self.crypto.clone(), self.params.chunking, self.params.batch_chunks.max(1));
+        let (crypto, chunking, batch_chunks) = (
+            self.crypto.clone(),
+            self.params.chunking,
+            self.params.batch_chunks.max(1),
+        );
         let rt = tokio::runtime::Handle::current();
         let chunker = tokio::task::spawn_blocking(move || {
             chunk_stream(reader, chunking, &crypto, batch_chunks, &permits, &tx, &rt)
@@ -179,7 +189,9 @@ impl Uploader {
             out.chunks.extend_from_slice(&batch.refs);
             uploading = Some(Box::pin(self.upload_batch(snapshot, batch)));
         }
-        chunker.await.map_err(|e| GridError::Internal(format!("chunker thread: {e}")))?;
+        chunker
+            .await
+            .map_err(|e| GridError::Internal(format!("chunker thread: {e}")))?;
         debug!(
             chunks = out.chunks.len(),
             new_chunks = out.new_chunks,

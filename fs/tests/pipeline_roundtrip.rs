@@ -3,6 +3,7 @@
 //! in memory). The real coordinator and storage node are tested end to end in `tests/`; this
 //! file checks the client's side of the protocol: batching, dedup, parallel puts, target
 //! replacement when a node vanishes, fallback to parity and checksum failures on reads.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step fails the test
 
 use std::io::Cursor;
 use std::time::Duration;
@@ -20,7 +21,12 @@ fn mixed_data(len: usize, seed: u64) -> Vec<u8> {
         x ^= x << 17;
         let run = 20_000 + (x % 60_000) as usize;
         match x % 3 {
-            0 => out.extend(b"gridback stores backups on many nodes. ".iter().cycle().take(run)),
+            0 => out.extend(
+                b"gridback stores backups on many nodes. "
+                    .iter()
+                    .cycle()
+                    .take(run),
+            ),
             1 => out.extend((0..run).map(|i| (x >> (i % 56)) as u8 ^ i as u8)),
             _ => out.extend(std::iter::repeat_n(0u8, run)),
         }
@@ -29,7 +35,10 @@ fn mixed_data(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-async fn read_all(grid: &impl Grid, chunks: &[gridback_fs::grid::ChunkRef]) -> Result<Vec<u8>, GridError> {
+async fn read_all(
+    grid: &impl Grid,
+    chunks: &[gridback_fs::grid::ChunkRef],
+) -> Result<Vec<u8>, GridError> {
     let mut out = Vec::new();
     for c in chunks {
         out.extend_from_slice(&grid.read_chunk(*c).await?);
@@ -43,10 +52,20 @@ async fn store_dedup_and_read_back_over_quic() {
     let client = cluster.client().await;
     client.snapshot_create("s1".into(), None).await.unwrap();
     let data = mixed_data(3_000_000, 7);
-    let stored = client.store_reader("s1".into(), Box::new(Cursor::new(data.clone()))).await.unwrap();
+    let stored = client
+        .store_reader("s1".into(), Box::new(Cursor::new(data.clone())))
+        .await
+        .unwrap();
     assert_eq!(stored.len, data.len() as u64);
-    assert!(stored.chunks.len() > 8, "expected several batches, got {} chunks", stored.chunks.len());
-    assert_eq!(stored.new_chunks as usize, cluster.coordinator.chunk_count());
+    assert!(
+        stored.chunks.len() > 8,
+        "expected several batches, got {} chunks",
+        stored.chunks.len()
+    );
+    assert_eq!(
+        stored.new_chunks as usize,
+        cluster.coordinator.chunk_count()
+    );
     assert!(stored.uploaded_bytes >= stored.new_chunks * 6 * 2);
     // Every chunk is on k + m distinct nodes, committed with their checksums.
     assert!(cluster.coordinator.all_chunks_fully_placed(6));
@@ -54,19 +73,28 @@ async fn store_dedup_and_read_back_over_quic() {
 
     // The same bytes again: nothing new is uploaded, only references.
     let before = cluster.packet_count();
-    let again = client.store_reader("s1".into(), Box::new(Cursor::new(data.clone()))).await.unwrap();
+    let again = client
+        .store_reader("s1".into(), Box::new(Cursor::new(data.clone())))
+        .await
+        .unwrap();
     assert_eq!(again.new_chunks, 0);
     assert_eq!(again.chunks, stored.chunks);
     assert_eq!(cluster.packet_count(), before);
 
     // Batched readahead returns results in order.
     let batch = client.read_chunks(&stored.chunks[..5]).await;
-    let joined: Vec<u8> = batch.into_iter().flat_map(|r| r.unwrap().to_vec()).collect();
+    let joined: Vec<u8> = batch
+        .into_iter()
+        .flat_map(|r| r.unwrap().to_vec())
+        .collect();
     let first5: u64 = stored.chunks[..5].iter().map(|c| u64::from(c.len)).sum();
     assert_eq!(joined, data[..first5 as usize]);
 
     // An empty stream stores nothing.
-    let empty = client.store_reader("s1".into(), Box::new(Cursor::new(Vec::new()))).await.unwrap();
+    let empty = client
+        .store_reader("s1".into(), Box::new(Cursor::new(Vec::new())))
+        .await
+        .unwrap();
     assert!(empty.chunks.is_empty());
 }
 
@@ -76,7 +104,9 @@ async fn put_survives_a_node_vanishing_and_reads_survive_m_losses() {
     let client = cluster.client().await;
     client.snapshot_create("s".into(), None).await.unwrap();
     // Warm the connections, then kill a node the coordinator still believes is up.
-    let warm = client.store_reader("s".into(), Box::new(Cursor::new(mixed_data(400_000, 1)))).await;
+    let warm = client
+        .store_reader("s".into(), Box::new(Cursor::new(mixed_data(400_000, 1))))
+        .await;
     warm.unwrap();
     cluster.stop_node(0);
     let data = mixed_data(2_000_000, 2);
@@ -102,14 +132,20 @@ async fn upload_fails_clearly_when_no_target_is_left() {
     let client = cluster.client().await;
     client.snapshot_create("s".into(), None).await.unwrap();
     cluster.stop_node(3);
-    let r = client.store_reader("s".into(), Box::new(Cursor::new(mixed_data(500_000, 3)))).await;
+    let r = client
+        .store_reader("s".into(), Box::new(Cursor::new(mixed_data(500_000, 3))))
+        .await;
     match r {
         Err(GridError::UploadFailed { reason, .. }) => {
             assert!(reason.contains("no replacement target"), "{reason}")
         }
         other => panic!("expected UploadFailed, got {other:?}"),
     }
-    assert_eq!(cluster.coordinator.chunk_count(), 0, "nothing may be committed");
+    assert_eq!(
+        cluster.coordinator.chunk_count(),
+        0,
+        "nothing may be committed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,7 +154,10 @@ async fn corrupt_packets_fall_back_to_parity_and_coordinator_errors_map() {
     let client = cluster.client().await;
     client.snapshot_create("s".into(), None).await.unwrap();
     let data = mixed_data(1_000_000, 4);
-    let stored = client.store_reader("s".into(), Box::new(Cursor::new(data.clone()))).await.unwrap();
+    let stored = client
+        .store_reader("s".into(), Box::new(Cursor::new(data.clone())))
+        .await
+        .unwrap();
     // Two nodes return flipped bytes: their checksums fail and parity is used.
     cluster.corrupt_node(0);
     cluster.corrupt_node(1);
@@ -126,10 +165,15 @@ async fn corrupt_packets_fall_back_to_parity_and_coordinator_errors_map() {
     // A third corrupt node leaves fewer than k good packets for some chunk.
     cluster.corrupt_node(2);
     let all = client.read_chunks(&stored.chunks).await;
-    assert!(all.iter().any(|r| matches!(r, Err(GridError::ChunkUnavailable { .. }))));
+    assert!(
+        all.iter()
+            .any(|r| matches!(r, Err(GridError::ChunkUnavailable { .. })))
+    );
 
     cluster.coordinator.set_quota_exceeded(true);
-    let r = client.store_reader("s".into(), Box::new(Cursor::new(mixed_data(300_000, 5)))).await;
+    let r = client
+        .store_reader("s".into(), Box::new(Cursor::new(mixed_data(300_000, 5))))
+        .await;
     assert!(matches!(r, Err(GridError::QuotaExceeded(_))), "{r:?}");
     assert_eq!(r.unwrap_err().errno(), libc::EDQUOT);
     assert!(matches!(
@@ -141,26 +185,31 @@ async fn corrupt_packets_fall_back_to_parity_and_coordinator_errors_map() {
 /// In-process stand-ins for the coordinator and the storage nodes, speaking the real protocol
 /// over QUIC with mutual TLS (certificates from a per-test cluster CA, orders signed and
 /// checked with the real order key types).
+#[cfg(test)]
 mod support {
     use std::collections::{BTreeMap, HashMap, HashSet};
     use std::net::SocketAddr;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
 
+    use gridback_fs::chunker::ChunkingParams;
     use gridback_fs::client::GridClient;
     use gridback_fs::coord_client::CoordClient;
     use gridback_fs::erasure::shard_bytes_for;
     use gridback_fs::keys::ClientKeys;
     use gridback_fs::node_client::NodeClient;
     use gridback_fs::uploader::UploadParams;
-    use gridback_fs::chunker::ChunkingParams;
     use gridback_proto::coord_api::*;
     use gridback_proto::node_api::{NodeRequest, PacketData, PutAck};
-    use gridback_proto::tls::{COORDINATOR_SERVER_NAME, ClusterCa, client_server_name, node_server_name};
-    use gridback_proto::transport::{ConnPool, Peer, Service, client_endpoint, respond, serve, server_endpoint};
+    use gridback_proto::tls::{
+        COORDINATOR_SERVER_NAME, ClusterCa, client_server_name, node_server_name,
+    };
+    use gridback_proto::transport::{
+        ConnPool, Peer, Service, client_endpoint, respond, serve, server_endpoint,
+    };
     use gridback_proto::{
-        ChunkId, ClientId, ErrorCode, NodeId, Order, OrderOp, OrderSigner, OrderVerifier, PacketName,
-        SignedOrder, WireError, now_unix_ms,
+        ChunkId, ClientId, ErrorCode, NodeId, Order, OrderOp, OrderSigner, OrderVerifier,
+        PacketName, SignedOrder, WireError, now_unix_ms,
     };
     use tokio_util::sync::CancellationToken;
 
@@ -184,7 +233,10 @@ mod support {
         type Request = NodeRequest;
         async fn handle(&self, peer: Peer, req: NodeRequest) -> Vec<u8> {
             let Some(client) = peer.fingerprint else {
-                return answer::<()>(Err(WireError::new(ErrorCode::Unauthorized, "no certificate")));
+                return answer::<()>(Err(WireError::new(
+                    ErrorCode::Unauthorized,
+                    "no certificate",
+                )));
             };
             let check = |o: &SignedOrder, op| {
                 self.verifier
@@ -194,15 +246,26 @@ mod support {
             match req {
                 NodeRequest::Put(p) => answer(check(&p.order, OrderOp::Put).and_then(|()| {
                     if p.data.len() as u64 != p.order.order.size_bytes {
-                        return Err(WireError::new(ErrorCode::BadRequest, "size differs from order"));
+                        return Err(WireError::new(
+                            ErrorCode::BadRequest,
+                            "size differs from order",
+                        ));
                     }
                     let checksum = *blake3::hash(&p.data).as_bytes();
                     let mut packets = self.packets.lock().unwrap();
                     let already_present = packets.insert(p.order.order.packet, p.data).is_some();
-                    Ok(PutAck { checksum, already_present })
+                    Ok(PutAck {
+                        checksum,
+                        already_present,
+                    })
                 })),
                 NodeRequest::Get(g) => answer(check(&g.order, OrderOp::Get).and_then(|()| {
-                    let mut data = self.packets.lock().unwrap().get(&g.order.order.packet).cloned()
+                    let mut data = self
+                        .packets
+                        .lock()
+                        .unwrap()
+                        .get(&g.order.order.packet)
+                        .cloned()
                         .ok_or_else(|| WireError::new(ErrorCode::NotFound, "no such packet"))?;
                     if self.corrupt.load(Ordering::Relaxed) {
                         data[0] ^= 1;
@@ -236,7 +299,14 @@ mod support {
     }
 
     impl Coordinator {
-        fn order(&self, op: OrderOp, node: NodeId, packet: PacketName, size: u64, peer: &Peer) -> SignedOrder {
+        fn order(
+            &self,
+            op: OrderOp,
+            node: NodeId,
+            packet: PacketName,
+            size: u64,
+            peer: &Peer,
+        ) -> SignedOrder {
             self.signer.sign(Order {
                 op,
                 node,
@@ -247,21 +317,39 @@ mod support {
             })
         }
 
-        fn targets(&self, id: &ChunkId, indices: &[u8], exclude: &HashSet<NodeId>, size: u64, peer: &Peer) -> Result<Vec<Target>, WireError> {
+        fn targets(
+            &self,
+            id: &ChunkId,
+            indices: &[u8],
+            exclude: &HashSet<NodeId>,
+            size: u64,
+            peer: &Peer,
+        ) -> Result<Vec<Target>, WireError> {
             let start = id.0[0] as usize;
             let eligible: Vec<&(NodeId, String)> = (0..self.nodes.len())
                 .map(|i| &self.nodes[(start + i) % self.nodes.len()])
                 .filter(|(n, _)| !exclude.contains(n))
                 .collect();
             if eligible.len() < indices.len() {
-                return refuse(ErrorCode::NoPlacement, &format!("{} eligible nodes for {} packets", eligible.len(), indices.len()));
+                return refuse(
+                    ErrorCode::NoPlacement,
+                    &format!(
+                        "{} eligible nodes for {} packets",
+                        eligible.len(),
+                        indices.len()
+                    ),
+                );
             }
-            Ok(indices.iter().zip(eligible).map(|(&index, (node, addr))| Target {
-                index,
-                node: *node,
-                addr: addr.clone(),
-                order: self.order(OrderOp::Put, *node, PacketName::random(), size, peer),
-            }).collect())
+            Ok(indices
+                .iter()
+                .zip(eligible)
+                .map(|(&index, (node, addr))| Target {
+                    index,
+                    node: *node,
+                    addr: addr.clone(),
+                    order: self.order(OrderOp::Put, *node, PacketName::random(), size, peer),
+                })
+                .collect())
         }
 
         pub fn chunk_count(&self) -> usize {
@@ -277,7 +365,11 @@ mod support {
 
         pub fn packets_on(&self, node: NodeId, ids: &[ChunkId]) -> usize {
             let st = self.state.lock().unwrap();
-            ids.iter().filter_map(|id| st.chunks.get(id)).flat_map(|c| &c.packets).filter(|p| p.node == node).count()
+            ids.iter()
+                .filter_map(|id| st.chunks.get(id))
+                .flat_map(|c| &c.packets)
+                .filter(|p| p.node == node)
+                .count()
         }
 
         pub fn set_quota_exceeded(&self, on: bool) {
@@ -285,7 +377,14 @@ mod support {
         }
 
         fn info(name: &str) -> SnapshotInfo {
-            SnapshotInfo { name: name.into(), state: SnapshotState::Open, created_unix_ms: now_unix_ms(), sealed_unix_ms: None, tree_bytes: 0, chunk_refs: 0 }
+            SnapshotInfo {
+                name: name.into(),
+                state: SnapshotState::Open,
+                created_unix_ms: now_unix_ms(),
+                sealed_unix_ms: None,
+                tree_bytes: 0,
+                chunk_refs: 0,
+            }
         }
     }
 
@@ -294,24 +393,45 @@ mod support {
         async fn handle(&self, peer: Peer, req: CoordRequest) -> Vec<u8> {
             let mut st = self.state.lock().unwrap();
             match req {
-                CoordRequest::ClientHello(_) => answer(Ok(ClientWelcome { client: self.client, grid: [0; 16], erasure_k: self.k, erasure_m: self.m })),
-                CoordRequest::QueryChunks(q) => answer(Ok(ChunkPresence { present: q.ids.iter().map(|i| st.chunks.contains_key(i)).collect() })),
+                CoordRequest::ClientHello(_) => answer(Ok(ClientWelcome {
+                    client: self.client,
+                    grid: [0; 16],
+                    erasure_k: self.k,
+                    erasure_m: self.m,
+                })),
+                CoordRequest::QueryChunks(q) => answer(Ok(ChunkPresence {
+                    present: q.ids.iter().map(|i| st.chunks.contains_key(i)).collect(),
+                })),
                 CoordRequest::AllocateChunks(a) => {
                     if st.quota_exceeded {
                         return answer::<()>(refuse(ErrorCode::QuotaExceeded, "over 1 GiB"));
                     }
                     let exclude: HashSet<NodeId> = a.exclude.into_iter().collect();
                     let indices: Vec<u8> = (0..self.k + self.m).collect();
-                    let r: Result<Vec<Allocation>, WireError> = a.chunks.iter().map(|c| {
-                        let shard_bytes = shard_bytes_for(c.blob_bytes as usize, self.k) as u64;
-                        let targets = self.targets(&c.id, &indices, &exclude, shard_bytes, &peer)?;
-                        Ok(Allocation { id: c.id, k: self.k, m: self.m, shard_bytes, targets })
-                    }).collect();
+                    let r: Result<Vec<Allocation>, WireError> = a
+                        .chunks
+                        .iter()
+                        .map(|c| {
+                            let shard_bytes = shard_bytes_for(c.blob_bytes as usize, self.k) as u64;
+                            let targets =
+                                self.targets(&c.id, &indices, &exclude, shard_bytes, &peer)?;
+                            Ok(Allocation {
+                                id: c.id,
+                                k: self.k,
+                                m: self.m,
+                                shard_bytes,
+                                targets,
+                            })
+                        })
+                        .collect();
                     answer(r.map(|chunks| Allocations { chunks }))
                 }
                 CoordRequest::ReplaceTargets(r) => {
                     let exclude: HashSet<NodeId> = r.exclude.into_iter().collect();
-                    answer(self.targets(&r.id, &r.indices, &exclude, r.shard_bytes, &peer).map(|targets| Replacements { targets }))
+                    answer(
+                        self.targets(&r.id, &r.indices, &exclude, r.shard_bytes, &peer)
+                            .map(|targets| Replacements { targets }),
+                    )
                 }
                 CoordRequest::CommitChunks(c) => {
                     let Some(snap) = st.snapshots.get_mut(&c.snapshot) else {
@@ -320,22 +440,56 @@ mod support {
                     snap.info.chunk_refs += (c.chunks.len() + c.refs.len()) as u64;
                     let (mut stored, mut already) = (0, 0);
                     for chunk in c.chunks {
-                        if st.chunks.contains_key(&chunk.id) { already += 1 } else { stored += 1; st.chunks.insert(chunk.id, chunk); }
+                        match st.chunks.entry(chunk.id) {
+                            std::collections::hash_map::Entry::Occupied(_) => already += 1,
+                            std::collections::hash_map::Entry::Vacant(v) => {
+                                stored += 1;
+                                v.insert(chunk);
+                            }
+                        }
                     }
-                    answer(Ok(Committed { stored, already_stored: already, referenced: c.refs.len() as u32 }))
+                    answer(Ok(Committed {
+                        stored,
+                        already_stored: already,
+                        referenced: c.refs.len() as u32,
+                    }))
                 }
                 CoordRequest::LocateChunks(l) => {
-                    let chunks = l.ids.iter().map(|id| st.chunks.get(id).map(|c| ChunkLocation {
-                        id: c.id, k: c.k, m: c.m, shard_bytes: c.shard_bytes,
-                        packets: c.packets.iter().map(|p| LocatedPacket {
-                            index: p.index,
-                            node: p.node,
-                            addr: self.nodes.iter().find(|(n, _)| *n == p.node).map(|(_, a)| a.clone()).unwrap_or_default(),
-                            node_up: true,
-                            checksum: p.checksum,
-                            order: self.order(OrderOp::Get, p.node, p.packet, c.shard_bytes, &peer),
-                        }).collect(),
-                    })).collect();
+                    let chunks = l
+                        .ids
+                        .iter()
+                        .map(|id| {
+                            st.chunks.get(id).map(|c| ChunkLocation {
+                                id: c.id,
+                                k: c.k,
+                                m: c.m,
+                                shard_bytes: c.shard_bytes,
+                                packets: c
+                                    .packets
+                                    .iter()
+                                    .map(|p| LocatedPacket {
+                                        index: p.index,
+                                        node: p.node,
+                                        addr: self
+                                            .nodes
+                                            .iter()
+                                            .find(|(n, _)| *n == p.node)
+                                            .map(|(_, a)| a.clone())
+                                            .unwrap_or_default(),
+                                        node_up: true,
+                                        checksum: p.checksum,
+                                        order: self.order(
+                                            OrderOp::Get,
+                                            p.node,
+                                            p.packet,
+                                            c.shard_bytes,
+                                            &peer,
+                                        ),
+                                    })
+                                    .collect(),
+                            })
+                        })
+                        .collect();
                     answer(Ok(Locations { chunks }))
                 }
                 CoordRequest::SnapshotCreate(s) => {
@@ -343,14 +497,22 @@ mod support {
                         return answer::<()>(refuse(ErrorCode::Conflict, "exists"));
                     }
                     let info = Self::info(&s.name);
-                    st.snapshots.insert(s.name, SnapshotRecord { info: info.clone(), tree: vec![] });
+                    st.snapshots.insert(
+                        s.name,
+                        SnapshotRecord {
+                            info: info.clone(),
+                            tree: vec![],
+                        },
+                    );
                     answer(Ok(info))
                 }
                 CoordRequest::SnapshotGet(g) => match st.snapshots.get(&g.name) {
                     Some(r) => answer(Ok(r.clone())),
                     None => answer::<()>(refuse(ErrorCode::NotFound, "no such snapshot")),
                 },
-                CoordRequest::SnapshotList(_) => answer(Ok(SnapshotListing { snapshots: st.snapshots.values().map(|r| r.info.clone()).collect() })),
+                CoordRequest::SnapshotList(_) => answer(Ok(SnapshotListing {
+                    snapshots: st.snapshots.values().map(|r| r.info.clone()).collect(),
+                })),
                 _ => answer::<()>(refuse(ErrorCode::BadRequest, "unsupported")),
             }
         }
@@ -378,7 +540,9 @@ mod support {
             let mut nodes = Vec::new();
             for i in 0..n {
                 let id = NodeId::random();
-                let ident = ca.issue_with_key(&node_server_name(id), &format!("node-{i}")).unwrap();
+                let ident = ca
+                    .issue_with_key(&node_server_name(id), &format!("node-{i}"))
+                    .unwrap();
                 let ep = server_endpoint(&ident, "127.0.0.1:0".parse().unwrap(), false).unwrap();
                 let node = Arc::new(Node {
                     id,
@@ -391,7 +555,9 @@ mod support {
                 tokio::spawn(serve(ep, node.clone(), node.stop.clone()));
                 nodes.push(node);
             }
-            let ident = ca.issue_with_key(COORDINATOR_SERVER_NAME, "coordinator").unwrap();
+            let ident = ca
+                .issue_with_key(COORDINATOR_SERVER_NAME, "coordinator")
+                .unwrap();
             let ep = server_endpoint(&ident, "127.0.0.1:0".parse().unwrap(), false).unwrap();
             let coord_addr = ep.local_addr().unwrap();
             let coordinator = Arc::new(Coordinator {
@@ -403,13 +569,22 @@ mod support {
                 state: Mutex::default(),
             });
             tokio::spawn(serve(ep, coordinator.clone(), stop.child_token()));
-            Self { ca, coordinator, coord_addr, nodes, stop }
+            Self {
+                ca,
+                coordinator,
+                coord_addr,
+                nodes,
+                stop,
+            }
         }
 
         /// A client with small chunks (64 KiB average) and small batches, so a few MB of data
         /// make many batches and exercise the pipelining.
         pub async fn client(&self) -> GridClient {
-            let ident = self.ca.issue_with_key(&client_server_name(self.coordinator.client), "client").unwrap();
+            let ident = self
+                .ca
+                .issue_with_key(&client_server_name(self.coordinator.client), "client")
+                .unwrap();
             let pool = ConnPool::new(client_endpoint(&ident).unwrap());
             let coord = CoordClient::new(pool.clone(), self.coord_addr.to_string());
             let welcome = coord.hello("test").await.unwrap();
@@ -419,7 +594,13 @@ mod support {
                 workers: 2,
                 ..UploadParams::default()
             };
-            GridClient::from_parts(coord, NodeClient::new(pool), ClientKeys::generate(), welcome, params)
+            GridClient::from_parts(
+                coord,
+                NodeClient::new(pool),
+                ClientKeys::generate(),
+                welcome,
+                params,
+            )
         }
 
         pub fn stop_node(&self, i: usize) {
@@ -435,7 +616,10 @@ mod support {
         }
 
         pub fn packet_count(&self) -> usize {
-            self.nodes.iter().map(|n| n.packets.lock().unwrap().len()).sum()
+            self.nodes
+                .iter()
+                .map(|n| n.packets.lock().unwrap().len())
+                .sum()
         }
     }
 }

@@ -511,11 +511,26 @@ rpc!(Join, Join, Joined, "join");
 rpc!(NodeHeartbeat, NodeHeartbeat, HeartbeatAck, "heartbeat");
 rpc!(ClientHello, ClientHello, ClientWelcome, "client_hello");
 rpc!(QueryChunks, QueryChunks, ChunkPresence, "query_chunks");
-rpc!(AllocateChunks, AllocateChunks, Allocations, "allocate_chunks");
-rpc!(ReplaceTargets, ReplaceTargets, Replacements, "replace_targets");
+rpc!(
+    AllocateChunks,
+    AllocateChunks,
+    Allocations,
+    "allocate_chunks"
+);
+rpc!(
+    ReplaceTargets,
+    ReplaceTargets,
+    Replacements,
+    "replace_targets"
+);
 rpc!(CommitChunks, CommitChunks, Committed, "commit_chunks");
 rpc!(LocateChunks, LocateChunks, Locations, "locate_chunks");
-rpc!(SnapshotCreate, SnapshotCreate, SnapshotInfo, "snapshot_create");
+rpc!(
+    SnapshotCreate,
+    SnapshotCreate,
+    SnapshotInfo,
+    "snapshot_create"
+);
 rpc!(SnapshotList, SnapshotList, SnapshotListing, "snapshot_list");
 rpc!(SnapshotSeal, SnapshotSeal, SnapshotInfo, "snapshot_seal");
 rpc!(SnapshotGet, SnapshotGet, SnapshotRecord, "snapshot_get");

@@ -39,7 +39,10 @@ pub enum ErrorCode {
 impl ErrorCode {
     /// Whether the same request may succeed if retried later or against another replica.
     pub fn is_retryable(self) -> bool {
-        matches!(self, ErrorCode::Unavailable | ErrorCode::Internal | ErrorCode::Expired)
+        matches!(
+            self,
+            ErrorCode::Unavailable | ErrorCode::Internal | ErrorCode::Expired
+        )
     }
 }
 
@@ -56,6 +59,9 @@ pub struct WireError {
 impl WireError {
     /// Build an error with a code and message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 }

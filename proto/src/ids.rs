@@ -107,7 +107,10 @@ mod tests {
         assert_eq!(s.len(), 64);
         assert_eq!(s.parse::<ChunkId>().unwrap(), id);
         let d = format!("{id:?}");
-        assert!(d.starts_with("ChunkId(") && d.len() == "ChunkId()".len() + 16, "{d}");
+        assert!(
+            d.starts_with("ChunkId(") && d.len() == "ChunkId()".len() + 16,
+            "{d}"
+        );
         assert!("zz".parse::<NodeId>().is_err());
         assert!(hex::encode([1u8; 15]).parse::<NodeId>().is_err());
     }

@@ -96,7 +96,9 @@ impl OrderSigner {
 
     /// Load a key from its PKCS#8 bytes.
     pub fn from_pkcs8(bytes: &[u8]) -> Result<Self, OrderError> {
-        Ed25519KeyPair::from_pkcs8(bytes).map(|key| Self { key }).map_err(|_| OrderError::BadSignature)
+        Ed25519KeyPair::from_pkcs8(bytes)
+            .map(|key| Self { key })
+            .map_err(|_| OrderError::BadSignature)
     }
 
     /// Public key that nodes verify against.
@@ -107,7 +109,10 @@ impl OrderSigner {
     /// Sign an order.
     pub fn sign(&self, order: Order) -> SignedOrder {
         let sig = self.key.sign(&signed_message(&order));
-        SignedOrder { order, signature: sig.as_ref().to_vec() }
+        SignedOrder {
+            order,
+            signature: sig.as_ref().to_vec(),
+        }
     }
 }
 
@@ -119,7 +124,11 @@ pub struct OrderVerifier {
 
 impl std::fmt::Debug for OrderVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "OrderVerifier({})", hex::encode(&self.public_key[..8.min(self.public_key.len())]))
+        write!(
+            f,
+            "OrderVerifier({})",
+            hex::encode(&self.public_key[..8.min(self.public_key.len())])
+        )
     }
 }
 
@@ -144,7 +153,10 @@ impl OrderVerifier {
             .map_err(|_| OrderError::BadSignature)?;
         let o = &signed.order;
         if o.expires_unix_ms < now_unix_ms {
-            return Err(OrderError::Expired { expired_unix_ms: o.expires_unix_ms, now_unix_ms });
+            return Err(OrderError::Expired {
+                expired_unix_ms: o.expires_unix_ms,
+                now_unix_ms,
+            });
         }
         if o.op != op {
             return Err(OrderError::Mismatch("operation"));
@@ -183,15 +195,51 @@ mod tests {
         let v = OrderVerifier::new(signer.public_key());
         let o = order();
         let s = signer.sign(o.clone());
-        assert_eq!(v.check(&s, OrderOp::Put, o.node, o.packet, o.client, 1_000), Ok(()));
+        assert_eq!(
+            v.check(&s, OrderOp::Put, o.node, o.packet, o.client, 1_000),
+            Ok(())
+        );
         assert!(matches!(
             v.check(&s, OrderOp::Put, o.node, o.packet, o.client, 3_000),
             Err(OrderError::Expired { .. })
         ));
-        assert!(v.check(&s, OrderOp::Get, o.node, o.packet, o.client, 1_000).is_err());
-        assert!(v.check(&s, OrderOp::Put, NodeId::random(), o.packet, o.client, 1_000).is_err());
-        assert!(v.check(&s, OrderOp::Put, o.node, PacketName::random(), o.client, 1_000).is_err());
-        assert!(v.check(&s, OrderOp::Put, o.node, o.packet, CertFingerprint::random(), 1_000).is_err());
+        assert!(
+            v.check(&s, OrderOp::Get, o.node, o.packet, o.client, 1_000)
+                .is_err()
+        );
+        assert!(
+            v.check(
+                &s,
+                OrderOp::Put,
+                NodeId::random(),
+                o.packet,
+                o.client,
+                1_000
+            )
+            .is_err()
+        );
+        assert!(
+            v.check(
+                &s,
+                OrderOp::Put,
+                o.node,
+                PacketName::random(),
+                o.client,
+                1_000
+            )
+            .is_err()
+        );
+        assert!(
+            v.check(
+                &s,
+                OrderOp::Put,
+                o.node,
+                o.packet,
+                CertFingerprint::random(),
+                1_000
+            )
+            .is_err()
+        );
         let mut forged = s.clone();
         forged.order.size_bytes = 43;
         assert_eq!(

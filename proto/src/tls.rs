@@ -65,15 +65,21 @@ pub struct ClusterCa {
 
 impl std::fmt::Debug for ClusterCa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ClusterCa({:?})", CertFingerprint::of_der(&self.cert_der))
+        write!(
+            f,
+            "ClusterCa({:?})",
+            CertFingerprint::of_der(&self.cert_der)
+        )
     }
 }
 
 fn leaf_params(server_name: &str, label: &str) -> Result<CertificateParams, TlsError> {
     let mut p = CertificateParams::new(vec![server_name.to_string()])?;
     p.distinguished_name.push(DnType::CommonName, label);
-    p.extended_key_usages =
-        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     Ok(p)
 }
@@ -83,7 +89,8 @@ impl ClusterCa {
     pub fn generate(label: &str) -> Result<Self, TlsError> {
         let key = KeyPair::generate()?;
         let mut p = CertificateParams::new(Vec::<String>::new())?;
-        p.distinguished_name.push(DnType::CommonName, format!("gridback cluster CA {label}"));
+        p.distinguished_name
+            .push(DnType::CommonName, format!("gridback cluster CA {label}"));
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         p.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -92,7 +99,11 @@ impl ClusterCa {
         ];
         let cert = p.self_signed(&key)?;
         let key_pem = Zeroizing::new(key.serialize_pem());
-        Ok(Self { cert_der: cert.der().clone(), issuer: Issuer::new(p, key), key_pem })
+        Ok(Self {
+            cert_der: cert.der().clone(),
+            issuer: Issuer::new(p, key),
+            key_pem,
+        })
     }
 
     /// Load a CA from its certificate and key PEM.
@@ -101,7 +112,11 @@ impl ClusterCa {
         let cert_der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
             .map_err(|e| TlsError::Pem(e.to_string()))?;
         let issuer = Issuer::from_ca_cert_der(&cert_der, key)?;
-        Ok(Self { issuer, cert_der, key_pem: Zeroizing::new(key_pem.to_string()) })
+        Ok(Self {
+            issuer,
+            cert_der,
+            key_pem: Zeroizing::new(key_pem.to_string()),
+        })
     }
 
     /// CA certificate (DER).
@@ -200,7 +215,11 @@ impl Identity {
             .map_err(|e| TlsError::Pem(format!("CA certificate: {e}")))?;
         PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
             .map_err(|e| TlsError::Pem(format!("private key: {e}")))?;
-        Ok(Self { cert_der, key_pem: Zeroizing::new(key_pem.to_string()), ca_der })
+        Ok(Self {
+            cert_der,
+            key_pem: Zeroizing::new(key_pem.to_string()),
+            ca_der,
+        })
     }
 
     fn key_der(&self) -> Result<PrivateKeyDer<'static>, TlsError> {
@@ -214,8 +233,11 @@ impl Identity {
         let p = provider();
         let roots = Arc::new(root_store(&self.ca_der)?);
         let builder = WebPkiClientVerifier::builder_with_provider(roots, p.clone());
-        let verifier =
-            if allow_anonymous { builder.allow_unauthenticated().build()? } else { builder.build()? };
+        let verifier = if allow_anonymous {
+            builder.allow_unauthenticated().build()?
+        } else {
+            builder.build()?
+        };
         let mut cfg = rustls::ServerConfig::builder_with_provider(p)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
@@ -236,7 +258,9 @@ impl Identity {
 }
 
 /// Client configuration for joining: trusts the CA, presents no certificate.
-pub fn anonymous_client_config(ca_der: &CertificateDer<'static>) -> Result<rustls::ClientConfig, TlsError> {
+pub fn anonymous_client_config(
+    ca_der: &CertificateDer<'static>,
+) -> Result<rustls::ClientConfig, TlsError> {
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(root_store(ca_der)?)
@@ -264,18 +288,18 @@ mod tests {
     fn ca_issues_from_csr_and_reloads() {
         let ca = ClusterCa::generate("test").unwrap();
         let (key_pem, csr) = new_key_and_csr("node-a").unwrap();
-        let cert = ca.issue_from_csr(&csr, &node_server_name(NodeId::random()), "node-a").unwrap();
-        let id = Identity::from_pem(
-            &der_to_pem("CERTIFICATE", &cert),
-            &key_pem,
-            &ca.cert_pem(),
-        )
-        .unwrap();
+        let cert = ca
+            .issue_from_csr(&csr, &node_server_name(NodeId::random()), "node-a")
+            .unwrap();
+        let id = Identity::from_pem(&der_to_pem("CERTIFICATE", &cert), &key_pem, &ca.cert_pem())
+            .unwrap();
         id.server_config(false).unwrap();
         id.client_config().unwrap();
         let again = ClusterCa::from_pem(&ca.cert_pem(), ca.key_pem()).unwrap();
         assert_eq!(again.cert_der(), ca.cert_der());
-        again.issue_with_key(COORDINATOR_SERVER_NAME, "coordinator").unwrap();
+        again
+            .issue_with_key(COORDINATOR_SERVER_NAME, "coordinator")
+            .unwrap();
         assert!(ca.issue_from_csr(b"not a csr", "x", "x").is_err());
     }
 }

@@ -124,7 +124,9 @@ fn transport_config() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(MAX_CONCURRENT_STREAMS.into());
     t.max_idle_timeout(Some(
-        IDLE_TIMEOUT.try_into().expect("invariant: 30 s fits in a QUIC idle timeout"),
+        IDLE_TIMEOUT
+            .try_into()
+            .expect("invariant: 30 s fits in a QUIC idle timeout"),
     ));
     t.keep_alive_interval(Some(KEEP_ALIVE));
     t
@@ -132,7 +134,11 @@ fn transport_config() -> quinn::TransportConfig {
 
 fn udp_socket(addr: SocketAddr) -> Result<std::net::UdpSocket, EndpointError> {
     let bind = |e| EndpointError::Bind { addr, source: e };
-    let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
     let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))
         .map_err(bind)?;
     // Larger buffers are an optimisation; a kernel that refuses them still works.
@@ -161,8 +167,8 @@ pub fn server_endpoint(
         .map_err(|e| EndpointError::Config(e.to_string()))?;
     let mut sc = quinn::ServerConfig::with_crypto(Arc::new(q));
     sc.transport_config(Arc::new(transport_config()));
-    let runtime = quinn::default_runtime()
-        .ok_or_else(|| EndpointError::Config("no async runtime".into()))?;
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| EndpointError::Config("no async runtime".into()))?;
     let mut ep = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         Some(sc),
@@ -182,11 +188,15 @@ pub fn client_endpoint(identity: &Identity) -> Result<quinn::Endpoint, EndpointE
 /// A client-only endpoint with an explicit TLS configuration (joining, tests).
 pub fn client_endpoint_with(tls: rustls::ClientConfig) -> Result<quinn::Endpoint, EndpointError> {
     let addr: SocketAddr = ([0, 0, 0, 0], 0).into();
-    let runtime = quinn::default_runtime()
-        .ok_or_else(|| EndpointError::Config("no async runtime".into()))?;
-    let mut ep =
-        quinn::Endpoint::new(quinn::EndpointConfig::default(), None, udp_socket(addr)?, runtime)
-            .map_err(|e| EndpointError::Bind { addr, source: e })?;
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| EndpointError::Config("no async runtime".into()))?;
+    let mut ep = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        udp_socket(addr)?,
+        runtime,
+    )
+    .map_err(|e| EndpointError::Bind { addr, source: e })?;
     ep.set_default_client_config(client_cfg(tls)?);
     Ok(ep)
 }
@@ -197,7 +207,10 @@ pub fn resolve(addr: &str) -> Result<SocketAddr, CallError> {
     addr.to_socket_addrs()
         .ok()
         .and_then(|mut a| a.next())
-        .ok_or_else(|| CallError::Connect { addr: addr.to_string(), reason: "cannot resolve".into() })
+        .ok_or_else(|| CallError::Connect {
+            addr: addr.to_string(),
+            reason: "cannot resolve".into(),
+        })
 }
 
 /// Dial a peer.
@@ -207,8 +220,13 @@ pub async fn connect(
     server_name: &str,
 ) -> Result<quinn::Connection, CallError> {
     let sa = resolve(addr)?;
-    let err = |e: String| CallError::Connect { addr: addr.to_string(), reason: e };
-    let connecting = ep.connect(sa, server_name).map_err(|e| err(e.to_string()))?;
+    let err = |e: String| CallError::Connect {
+        addr: addr.to_string(),
+        reason: e,
+    };
+    let connecting = ep
+        .connect(sa, server_name)
+        .map_err(|e| err(e.to_string()))?;
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(c)) => Ok(c),
         Ok(Err(e)) => Err(err(e.to_string())),
@@ -218,10 +236,14 @@ pub async fn connect(
 
 async fn read_frame_bytes(recv: &mut quinn::RecvStream, limit: u32) -> Result<Vec<u8>, String> {
     let mut header = [0u8; HEADER_LEN];
-    recv.read_exact(&mut header).await.map_err(|e| e.to_string())?;
+    recv.read_exact(&mut header)
+        .await
+        .map_err(|e| e.to_string())?;
     let len = wire::decode_header(&header, limit).map_err(|e| e.to_string())?;
     let mut body = vec![0u8; len];
-    recv.read_exact(&mut body).await.map_err(|e| e.to_string())?;
+    recv.read_exact(&mut body)
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(body)
 }
 
@@ -232,22 +254,40 @@ pub async fn call<R: Rpc>(
     timeout: Duration,
 ) -> Result<R::Response, CallError> {
     let addr = conn.remote_address().to_string();
-    let io = |e: String| CallError::Io { addr: addr.clone(), reason: e };
+    let io = |e: String| CallError::Io {
+        addr: addr.clone(),
+        reason: e,
+    };
     let envelope: R::Envelope = req.into();
     let frame = wire::encode_frame(&envelope);
     drop(envelope);
     let fut = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| io(e.to_string()))?;
-        send.write_all(&frame).await.map_err(|e| io(e.to_string()))?;
+        send.write_all(&frame)
+            .await
+            .map_err(|e| io(e.to_string()))?;
         send.finish().map_err(|e| io(e.to_string()))?;
-        let body = read_frame_bytes(&mut recv, R::RESPONSE_LIMIT).await.map_err(io)?;
-        let answer: Result<R::Response, WireError> = wire::decode_body(&body)
-            .map_err(|e| CallError::Frame { addr: addr.clone(), source: e })?;
-        answer.map_err(|error| CallError::Remote { addr: addr.clone(), rpc: R::NAME, error })
+        let body = read_frame_bytes(&mut recv, R::RESPONSE_LIMIT)
+            .await
+            .map_err(io)?;
+        let answer: Result<R::Response, WireError> =
+            wire::decode_body(&body).map_err(|e| CallError::Frame {
+                addr: addr.clone(),
+                source: e,
+            })?;
+        answer.map_err(|error| CallError::Remote {
+            addr: addr.clone(),
+            rpc: R::NAME,
+            error,
+        })
     };
     match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r,
-        Err(_) => Err(CallError::Timeout { addr: addr.clone(), rpc: R::NAME, timeout }),
+        Err(_) => Err(CallError::Timeout {
+            addr: addr.clone(),
+            rpc: R::NAME,
+            timeout,
+        }),
     }
 }
 
@@ -297,7 +337,10 @@ impl ConnPool {
             return Ok(c);
         }
         let c = connect(&self.endpoint, addr, server_name).await?;
-        self.conns.lock().unwrap_or_else(|p| p.into_inner()).insert(key, c.clone());
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, c.clone());
         Ok(c)
     }
 
@@ -348,9 +391,15 @@ impl Peer {
     pub fn of(conn: &quinn::Connection) -> Self {
         let fingerprint = conn
             .peer_identity()
-            .and_then(|any| any.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>().ok())
+            .and_then(|any| {
+                any.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+                    .ok()
+            })
             .and_then(|certs| certs.first().map(|c| CertFingerprint::of_der(c)));
-        Peer { addr: conn.remote_address(), fingerprint }
+        Peer {
+            addr: conn.remote_address(),
+            fingerprint,
+        }
     }
 }
 
@@ -393,7 +442,9 @@ pub async fn serve<S: Service>(
             };
             let peer = Peer::of(&conn);
             let span = info_span!("conn", peer = %peer.addr);
-            serve_connection(conn, peer, service, shutdown).instrument(span).await;
+            serve_connection(conn, peer, service, shutdown)
+                .instrument(span)
+                .await;
         });
     }
     endpoint.close(0u32.into(), b"shutdown");

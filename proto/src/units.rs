@@ -12,7 +12,9 @@ pub struct UnitError {
 
 fn split_number(s: &str) -> Option<(f64, &str)> {
     let s = s.trim();
-    let end = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let n: f64 = s[..end].parse().ok()?;
     Some((n, s[end..].trim()))
 }
@@ -20,7 +22,11 @@ fn split_number(s: &str) -> Option<(f64, &str)> {
 /// Parse a byte size: a plain number of bytes, or with a unit `B`, `KB`, `MB`, `GB`, `TB`
 /// (powers of 1000) or `KiB`, `MiB`, `GiB`, `TiB` (powers of 1024). Case-insensitive.
 pub fn parse_size(s: &str) -> Result<u64, UnitError> {
-    let err = || UnitError { input: s.to_string(), what: "size", examples: "4096, 64MiB, 2GB" };
+    let err = || UnitError {
+        input: s.to_string(),
+        what: "size",
+        examples: "4096, 64MiB, 2GB",
+    };
     let (n, unit) = split_number(s).ok_or_else(err)?;
     let mult: f64 = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
@@ -54,7 +60,11 @@ pub fn parse_rate(s: &str) -> Result<u64, UnitError> {
 
 /// Parse a duration: a number with `ms`, `s`, `m`, `h` or `d`. A bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, UnitError> {
-    let err = || UnitError { input: s.to_string(), what: "duration", examples: "500ms, 30s, 5m, 1h" };
+    let err = || UnitError {
+        input: s.to_string(),
+        what: "duration",
+        examples: "500ms, 30s, 5m, 1h",
+    };
     let (n, unit) = split_number(s).ok_or_else(err)?;
     let secs = match unit {
         "ms" => n / 1000.0,
@@ -79,7 +89,11 @@ pub fn format_size(bytes: u64) -> String {
         v /= 1024.0;
         i += 1;
     }
-    if i == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[i]) }
+    if i == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
 }
 
 #[cfg(test)]

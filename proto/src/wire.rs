@@ -91,7 +91,8 @@ pub fn encode_frame<T: Serialize>(msg: &T) -> Vec<u8> {
     let mut out = vec![0u8; HEADER_LEN];
     out[0..2].copy_from_slice(&MAGIC);
     out[2..4].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
-    let out = postcard::to_extend(msg, out).expect("invariant: postcard encoding into a Vec cannot fail");
+    let out =
+        postcard::to_extend(msg, out).expect("invariant: postcard encoding into a Vec cannot fail");
     let body_len = (out.len() - HEADER_LEN) as u32;
     let mut out = out;
     out[4..8].copy_from_slice(&body_len.to_le_bytes());
@@ -103,11 +104,17 @@ pub fn decode_frame<T: DeserializeOwned>(buf: &[u8], limit: u32) -> Result<T, Fr
     let h: &[u8; HEADER_LEN] = buf
         .get(..HEADER_LEN)
         .and_then(|s| s.try_into().ok())
-        .ok_or(FrameError::Truncated { need: HEADER_LEN, have: buf.len() })?;
+        .ok_or(FrameError::Truncated {
+            need: HEADER_LEN,
+            have: buf.len(),
+        })?;
     let len = decode_header(h, limit)?;
     let body = &buf[HEADER_LEN..];
     if body.len() != len {
-        return Err(FrameError::Truncated { need: HEADER_LEN + len, have: buf.len() });
+        return Err(FrameError::Truncated {
+            need: HEADER_LEN + len,
+            have: buf.len(),
+        });
     }
     decode_body(body)
 }
@@ -139,11 +146,20 @@ mod tests {
         let f = encode_frame(&(1u32, "x".to_string()));
         let mut bad = f.clone();
         bad[0] = b'X';
-        assert!(matches!(decode_frame::<(u32, String)>(&bad, 100), Err(FrameError::BadMagic(_))));
+        assert!(matches!(
+            decode_frame::<(u32, String)>(&bad, 100),
+            Err(FrameError::BadMagic(_))
+        ));
         let mut bad = f.clone();
         bad[2] = 9;
-        assert!(matches!(decode_frame::<(u32, String)>(&bad, 100), Err(FrameError::Version(9))));
-        assert!(matches!(decode_frame::<(u32, String)>(&f, 1), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            decode_frame::<(u32, String)>(&bad, 100),
+            Err(FrameError::Version(9))
+        ));
+        assert!(matches!(
+            decode_frame::<(u32, String)>(&f, 1),
+            Err(FrameError::TooLarge { .. })
+        ));
         assert!(matches!(
             decode_frame::<(u32, String)>(&f[..f.len() - 1], 100),
             Err(FrameError::Truncated { .. })

@@ -103,7 +103,11 @@ impl TestClusterBuilder {
             cfg.join_token_file = Some(cdir.join("join-token"));
             cfg.label = format!("node-{i}");
             cfg.heartbeat_interval = Duration::from_millis(300);
-            cluster.nodes.push(NodeHandle { config: cfg, id: NodeId([0; 16]), task: None });
+            cluster.nodes.push(NodeHandle {
+                config: cfg,
+                id: NodeId([0; 16]),
+                task: None,
+            });
             cluster.start_node(i).await;
         }
         cluster.wait_nodes_up(self.nodes).await;
@@ -177,7 +181,11 @@ impl TestCluster {
     }
 
     /// Join a new client with the given keys (share a domain key for cross-client dedup).
-    pub async fn client_with_keys(&self, name: &str, keys: ClientKeys) -> (ClientConfig, ClientKeys) {
+    pub async fn client_with_keys(
+        &self,
+        name: &str,
+        keys: ClientKeys,
+    ) -> (ClientConfig, ClientKeys) {
         let state = self.dir.path().join(format!("client-{name}"));
         let cfg = ClientConfig::new(self.coordinator_addr.clone(), &state);
         let token = std::fs::read_to_string(self.coordinator_dir().join("join-token")).unwrap();
@@ -210,7 +218,12 @@ impl TestCluster {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let s = self.status(&grid).await;
-            if s.nodes.iter().filter(|x| x.state == NodeState::Up && !x.addr.is_empty()).count() >= n {
+            if s.nodes
+                .iter()
+                .filter(|x| x.state == NodeState::Up && !x.addr.is_empty())
+                .count()
+                >= n
+            {
                 return;
             }
             assert!(Instant::now() < deadline, "nodes did not come up: {s:?}");

@@ -8,6 +8,9 @@
 //! - [`tree`]: generating directory trees with awkward names and comparing trees byte for
 //!   byte.
 
+// This crate only supports tests: a failed step must fail the test, so panicking is right.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod cluster;
 pub mod local;
 pub mod tree;

@@ -11,7 +11,10 @@ pub fn gridback_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
     let bin = profile_dir.join("gridback");
     assert!(
         bin.exists(),
@@ -40,7 +43,11 @@ impl LocalGridProcess {
         std::fs::create_dir_all(data).unwrap();
         std::fs::create_dir_all(mount).unwrap();
         let log = data.with_extension("local-up.log");
-        let out = std::fs::File::options().create(true).append(true).open(&log).unwrap();
+        let out = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         let child = Command::new(gridback_bin())
             .args(["local", "up", "--nodes", &nodes.to_string()])
             .arg("--data")
@@ -70,11 +77,17 @@ impl LocalGridProcess {
                 panic!("gridback local up exited ({status}):\n{}", self.log_text());
             }
             if self.mount.join("snapshots").is_dir()
-                && std::fs::read_to_string(&self.log).unwrap_or_default().contains("is up")
+                && std::fs::read_to_string(&self.log)
+                    .unwrap_or_default()
+                    .contains("is up")
             {
                 return;
             }
-            assert!(Instant::now() < deadline, "local grid did not come up:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "local grid did not come up:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -106,13 +119,22 @@ impl LocalGridProcess {
     /// `gridback status --json`.
     pub fn status(&self) -> serde_json::Value {
         let out = self.gridback(&["status", "--json"]);
-        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("status JSON")
     }
 
     /// Bytes used on every node, summed.
     pub fn nodes_used_bytes(&self) -> u64 {
-        self.status()["nodes"].as_array().unwrap().iter().map(|n| n["used_bytes"].as_u64().unwrap()).sum()
+        self.status()["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["used_bytes"].as_u64().unwrap())
+            .sum()
     }
 
     /// Stop with SIGTERM (like Ctrl-C) and check it exits cleanly and unmounts.
@@ -128,11 +150,22 @@ impl LocalGridProcess {
             if let Some(s) = child.try_wait().unwrap() {
                 break s;
             }
-            assert!(Instant::now() < deadline, "local up did not stop:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "local up did not stop:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(100));
         };
-        assert!(status.success(), "local up exited with {status}:\n{}", self.log_text());
-        assert!(!self.mount.join("snapshots").exists(), "mount still present after stop");
+        assert!(
+            status.success(),
+            "local up exited with {status}:\n{}",
+            self.log_text()
+        );
+        assert!(
+            !self.mount.join("snapshots").exists(),
+            "mount still present after stop"
+        );
     }
 }
 
@@ -159,6 +192,15 @@ impl Drop for LocalGridProcess {
 
 /// Copy a tree like a person would: `cp -a SRC/. DST/`.
 pub fn cp_a(src: &Path, dst: &Path) {
-    let out = Command::new("cp").arg("-a").arg(format!("{}/.", src.display())).arg(dst).output().unwrap();
-    assert!(out.status.success(), "cp -a failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", src.display()))
+        .arg(dst)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cp -a failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -32,7 +32,10 @@ impl Rng {
 
 /// Text that compresses like prose.
 pub fn text(rng: &mut Rng, len: usize) -> Vec<u8> {
-    const WORDS: &[&str] = &["grid", "back", "chunk", "node", "packet", "snapshot", "the", "of", "data", "zstd", "parity", "a", "\n"];
+    const WORDS: &[&str] = &[
+        "grid", "back", "chunk", "node", "packet", "snapshot", "the", "of", "data", "zstd",
+        "parity", "a", "\n",
+    ];
     let mut out = Vec::with_capacity(len + 16);
     while out.len() < len {
         out.extend_from_slice(WORDS[(rng.next_u64() % WORDS.len() as u64) as usize].as_bytes());
@@ -55,20 +58,50 @@ pub fn random(rng: &mut Rng, len: usize) -> Vec<u8> {
 pub fn make_tree(root: &Path, seed: u64, big_bytes: usize) -> String {
     let mut rng = Rng::new(seed);
     let marker = format!("GRIDBACK-PLAINTEXT-MARKER-{seed:016x}");
-    let dirs = ["docs", "docs/deep/er/still deeper", "photos 2026", "naïve ünïcødé ✓", "empty dir"];
+    let dirs = [
+        "docs",
+        "docs/deep/er/still deeper",
+        "photos 2026",
+        "naïve ünïcødé ✓",
+        "empty dir",
+    ];
     for d in dirs {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
-    std::fs::write(root.join("docs/readme.txt"), format!("hello {marker}\n").repeat(200)).unwrap();
+    std::fs::write(
+        root.join("docs/readme.txt"),
+        format!("hello {marker}\n").repeat(200),
+    )
+    .unwrap();
     std::fs::write(root.join("docs/empty"), b"").unwrap();
-    std::fs::write(root.join("docs/deep/er/still deeper/notes.md"), text(&mut rng, 300_000)).unwrap();
-    std::fs::write(root.join("photos 2026/IMG 0001.raw"), random(&mut rng, 3_000_000)).unwrap();
-    std::fs::write(root.join("naïve ünïcødé ✓/файл с пробелами.txt"), text(&mut rng, 10_000)).unwrap();
+    std::fs::write(
+        root.join("docs/deep/er/still deeper/notes.md"),
+        text(&mut rng, 300_000),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("photos 2026/IMG 0001.raw"),
+        random(&mut rng, 3_000_000),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("naïve ünïcødé ✓/файл с пробелами.txt"),
+        text(&mut rng, 10_000),
+    )
+    .unwrap();
     std::fs::write(root.join("big.bin"), random(&mut rng, big_bytes)).unwrap();
     for i in 0..40 {
-        std::fs::write(root.join("docs").join(format!("small {i:03}.txt")), text(&mut rng, (i * 97) % 5000)).unwrap();
+        std::fs::write(
+            root.join("docs").join(format!("small {i:03}.txt")),
+            text(&mut rng, (i * 97) % 5000),
+        )
+        .unwrap();
     }
-    std::fs::set_permissions(root.join("docs/readme.txt"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(
+        root.join("docs/readme.txt"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
     symlink("docs/readme.txt", root.join("link to readme")).unwrap();
     symlink("/nonexistent/target", root.join("dangling")).unwrap();
     symlink("../photos 2026", root.join("docs/photos")).unwrap();
@@ -81,7 +114,13 @@ pub enum Entry {
     /// Directory with mode.
     Dir { mode: u32 },
     /// File with mode, size, mtime and BLAKE3 of content.
-    File { mode: u32, size: u64, mtime: i64, mtime_nsec: i64, hash: String },
+    File {
+        mode: u32,
+        size: u64,
+        mtime: i64,
+        mtime_nsec: i64,
+        hash: String,
+    },
     /// Symlink target.
     Symlink { target: PathBuf },
 }
@@ -100,9 +139,19 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Entry>) {
         let rel = p.strip_prefix(root).unwrap().to_path_buf();
         let m = std::fs::symlink_metadata(&p).unwrap();
         if m.file_type().is_symlink() {
-            out.insert(rel, Entry::Symlink { target: std::fs::read_link(&p).unwrap() });
+            out.insert(
+                rel,
+                Entry::Symlink {
+                    target: std::fs::read_link(&p).unwrap(),
+                },
+            );
         } else if m.is_dir() {
-            out.insert(rel, Entry::Dir { mode: m.mode() & 0o7777 });
+            out.insert(
+                rel,
+                Entry::Dir {
+                    mode: m.mode() & 0o7777,
+                },
+            );
             walk(root, &p, out);
         } else {
             let data = std::fs::read(&p).unwrap();
@@ -131,14 +180,23 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
         }
     }
     for k in tb.keys() {
-        assert!(ta.contains_key(k), "{} is extra in {}", k.display(), b.display());
+        assert!(
+            ta.contains_key(k),
+            "{} is extra in {}",
+            k.display(),
+            b.display()
+        );
     }
 }
 
 /// Whether any file under `dir` contains `needle` (in its bytes) or has it in its path.
 pub fn tree_contains(dir: &Path, needle: &[u8]) -> Option<PathBuf> {
     for e in walkdir(dir) {
-        if e.to_string_lossy().as_bytes().windows(needle.len()).any(|w| w == needle) {
+        if e.to_string_lossy()
+            .as_bytes()
+            .windows(needle.len())
+            .any(|w| w == needle)
+        {
             return Some(e);
         }
         if e.is_file() {
@@ -155,7 +213,9 @@ fn walkdir(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
             if p.is_dir() && !p.is_symlink() {

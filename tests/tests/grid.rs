@@ -1,5 +1,6 @@
 //! The grid below the filesystem: real QUIC with mutual TLS, real redb, real packet stores,
 //! all in this process (`TestCluster`).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step fails the test
 
 use std::io::Cursor;
 use std::time::Duration;
@@ -37,7 +38,10 @@ async fn stored_data_reads_back_identical() {
     let grid = cluster.grid(&cfg).await;
     grid.snapshot_create("s1".into(), None).await.unwrap();
     let data = mixed_data(1, 9 << 20);
-    let stored = grid.store_reader("s1".into(), Box::new(Cursor::new(data.clone()))).await.unwrap();
+    let stored = grid
+        .store_reader("s1".into(), Box::new(Cursor::new(data.clone())))
+        .await
+        .unwrap();
     assert_eq!(stored.len, data.len() as u64);
     assert!(stored.chunks.len() >= 3, "9 MiB should make several chunks");
     assert_eq!(read_all(grid.as_ref(), &stored.chunks).await, data);
@@ -51,7 +55,10 @@ async fn reads_survive_m_nodes_stopped() {
     let grid = cluster.grid(&cfg).await;
     grid.snapshot_create("s1".into(), None).await.unwrap();
     let data = mixed_data(2, 6 << 20);
-    let stored = grid.store_reader("s1".into(), Box::new(Cursor::new(data.clone()))).await.unwrap();
+    let stored = grid
+        .store_reader("s1".into(), Box::new(Cursor::new(data.clone())))
+        .await
+        .unwrap();
     cluster.stop_node(0).await;
     cluster.stop_node(3).await;
     // A fresh client: no cached connections or chunks.
@@ -68,19 +75,30 @@ async fn same_data_twice_is_stored_once_across_clients() {
     let grid_a = cluster.grid(&cfg_a).await;
     grid_a.snapshot_create("s1".into(), None).await.unwrap();
     let data = mixed_data(3, 8 << 20);
-    let first = grid_a.store_reader("s1".into(), Box::new(Cursor::new(data.clone()))).await.unwrap();
+    let first = grid_a
+        .store_reader("s1".into(), Box::new(Cursor::new(data.clone())))
+        .await
+        .unwrap();
     assert!(first.new_chunks > 0);
     let used_after_first = cluster.status(&grid_a).await.stored_bytes;
 
-    let again = grid_a.store_reader("s1".into(), Box::new(Cursor::new(data.clone()))).await.unwrap();
+    let again = grid_a
+        .store_reader("s1".into(), Box::new(Cursor::new(data.clone())))
+        .await
+        .unwrap();
     assert_eq!(again.new_chunks, 0, "a second copy uploads nothing");
     assert_eq!(again.chunks, first.chunks);
 
     // Another client of the same dedup domain (its own master key).
-    let (cfg_b, _) = cluster.client_with_keys("b", ClientKeys::with_domain(keys_a.domain.clone())).await;
+    let (cfg_b, _) = cluster
+        .client_with_keys("b", ClientKeys::with_domain(keys_a.domain.clone()))
+        .await;
     let grid_b = cluster.grid(&cfg_b).await;
     grid_b.snapshot_create("s1".into(), None).await.unwrap();
-    let third = grid_b.store_reader("s1".into(), Box::new(Cursor::new(data.clone()))).await.unwrap();
+    let third = grid_b
+        .store_reader("s1".into(), Box::new(Cursor::new(data.clone())))
+        .await
+        .unwrap();
     assert_eq!(third.new_chunks, 0, "cross-client dedup within a domain");
     assert_eq!(cluster.status(&grid_b).await.stored_bytes, used_after_first);
     assert_eq!(read_all(grid_b.as_ref(), &third.chunks).await, data);
@@ -89,7 +107,10 @@ async fn same_data_twice_is_stored_once_across_clients() {
     let (cfg_c, _) = cluster.client("c").await;
     let grid_c = cluster.grid(&cfg_c).await;
     grid_c.snapshot_create("s1".into(), None).await.unwrap();
-    let other = grid_c.store_reader("s1".into(), Box::new(Cursor::new(data))).await.unwrap();
+    let other = grid_c
+        .store_reader("s1".into(), Box::new(Cursor::new(data)))
+        .await
+        .unwrap();
     assert_eq!(other.new_chunks, first.new_chunks);
 }
 
@@ -105,24 +126,38 @@ async fn nodes_hold_no_plaintext() {
     for _ in 0..20_000 {
         data.extend_from_slice(marker);
     }
-    grid.store_reader("s1".into(), Box::new(Cursor::new(data))).await.unwrap();
+    grid.store_reader("s1".into(), Box::new(Cursor::new(data)))
+        .await
+        .unwrap();
     for i in 0..cluster.node_count() {
-        assert_eq!(tree_contains(cluster.node_dir(i), &marker[..20]), None, "node {i} leaks plaintext");
+        assert_eq!(
+            tree_contains(cluster.node_dir(i), &marker[..20]),
+            None,
+            "node {i} leaks plaintext"
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_goes_on_when_a_node_vanishes() {
     gridback_tests::init_tracing();
-    // The coordinator still believes the node is up (10 s timeout), so sequences include it
-    // and the client must route around it.
-    let mut cluster = TestCluster::builder().node_timeout(Duration::from_secs(60)).start().await;
+    // 3+2 on 6 nodes: with one node gone, k+m targets can still be found. The coordinator
+    // still believes the node is up (60 s timeout), so sequences include it and the client
+    // must route around it.
+    let mut cluster = TestCluster::builder()
+        .erasure(3, 2)
+        .node_timeout(Duration::from_secs(60))
+        .start()
+        .await;
     let (cfg, _) = cluster.client("a").await;
     let grid = cluster.grid(&cfg).await;
     grid.snapshot_create("s1".into(), None).await.unwrap();
     cluster.stop_node(2).await;
     let data = mixed_data(5, 8 << 20);
-    let stored = grid.store_reader("s1".into(), Box::new(Cursor::new(data.clone()))).await.unwrap();
+    let stored = grid
+        .store_reader("s1".into(), Box::new(Cursor::new(data.clone())))
+        .await
+        .unwrap();
     assert_eq!(read_all(grid.as_ref(), &stored.chunks).await, data);
     let report = cluster.status(&grid).await;
     let gone = cluster.node_id(2);
@@ -133,17 +168,18 @@ async fn write_goes_on_when_a_node_vanishes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_fails_with_eio_when_too_few_nodes_remain() {
     gridback_tests::init_tracing();
-    let mut cluster = TestCluster::builder().node_timeout(Duration::from_secs(60)).start().await;
+    let mut cluster = TestCluster::builder()
+        .node_timeout(Duration::from_secs(60))
+        .start()
+        .await;
     let (cfg, _) = cluster.client("a").await;
     let grid = cluster.grid(&cfg).await;
     grid.snapshot_create("s1".into(), None).await.unwrap();
-    for i in 0..3 {
-        cluster.stop_node(i).await;
-    }
+    cluster.stop_node(1).await;
     let err = grid
         .store_reader("s1".into(), Box::new(Cursor::new(mixed_data(6, 2 << 20))))
         .await
-        .expect_err("4+2 cannot be placed on 3 live nodes");
+        .expect_err("4+2 cannot be placed on 5 live nodes");
     assert_eq!(err.errno(), libc::EIO, "{err}");
 }
 
@@ -152,7 +188,9 @@ async fn a_certificate_from_another_ca_is_refused() {
     gridback_tests::init_tracing();
     let cluster = TestCluster::builder().storage_nodes(1).start().await;
     let rogue_ca = ClusterCa::generate("rogue").unwrap();
-    let rogue = rogue_ca.issue_with_key("x.client.gridback", "rogue").unwrap();
+    let rogue = rogue_ca
+        .issue_with_key("x.client.gridback", "rogue")
+        .unwrap();
     let (cfg, _) = cluster.client("a").await;
     let grid = cluster.grid(&cfg).await;
     let node = cluster.status(&grid).await.nodes[0].clone();
@@ -169,13 +207,29 @@ async fn a_certificate_from_another_ca_is_refused() {
         gridback_proto::transport::call(&conn, NodeHealth, Duration::from_secs(5)).await
     }
     .await;
-    assert!(outcome.is_err(), "a node served a client with a foreign certificate");
+    assert!(
+        outcome.is_err(),
+        "a node served a client with a foreign certificate"
+    );
     let outcome = async {
-        let conn = connect(&ep, cluster.coordinator_addr(), gridback_proto::tls::COORDINATOR_SERVER_NAME).await?;
-        gridback_proto::transport::call(&conn, gridback_proto::coord_api::Status, Duration::from_secs(5)).await
+        let conn = connect(
+            &ep,
+            cluster.coordinator_addr(),
+            gridback_proto::tls::COORDINATOR_SERVER_NAME,
+        )
+        .await?;
+        gridback_proto::transport::call(
+            &conn,
+            gridback_proto::coord_api::Status,
+            Duration::from_secs(5),
+        )
+        .await
     }
     .await;
-    assert!(outcome.is_err(), "the coordinator served a client with a foreign certificate");
+    assert!(
+        outcome.is_err(),
+        "the coordinator served a client with a foreign certificate"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,8 +250,18 @@ async fn a_put_without_a_valid_order_is_refused() {
         expires_unix_ms: gridback_proto::now_unix_ms() + 60_000,
     });
     let ep = client_endpoint(&identity).unwrap();
-    let conn = connect(&ep, &node.addr, &node_server_name(node.id)).await.unwrap();
-    let r = gridback_proto::transport::call(&conn, PutPacket { order, data: vec![1, 2, 3, 4] }, Duration::from_secs(5)).await;
+    let conn = connect(&ep, &node.addr, &node_server_name(node.id))
+        .await
+        .unwrap();
+    let r = gridback_proto::transport::call(
+        &conn,
+        PutPacket {
+            order,
+            data: vec![1, 2, 3, 4],
+        },
+        Duration::from_secs(5),
+    )
+    .await;
     match r {
         Err(CallError::Remote { error, .. }) => assert_eq!(error.code, ErrorCode::Unauthorized),
         other => panic!("forged order was not refused: {other:?}"),

@@ -1,5 +1,6 @@
 //! What a person sees: `gridback local up` as a real process tree (coordinator, six nodes,
 //! mount), a real FUSE mount, and `cp -a`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step fails the test
 
 use std::path::Path;
 
@@ -21,7 +22,11 @@ fn run_ok(grid: &LocalGridProcess, args: &[&str]) -> String {
 fn no_secrets_on_nodes(data: &Path, needles: &[&str]) {
     let nodes = data.join("nodes");
     for needle in needles {
-        assert_eq!(tree_contains(&nodes, needle.as_bytes()), None, "a node holds {needle:?} in clear");
+        assert_eq!(
+            tree_contains(&nodes, needle.as_bytes()),
+            None,
+            "a node holds {needle:?} in clear"
+        );
     }
 }
 
@@ -49,7 +54,10 @@ fn copy_seal_dedup_restart_and_lose_two_nodes() {
 
     // status --json names this client and every node with its pid.
     let status = grid.status();
-    assert!(status["client"].as_str().is_some_and(|c| c.len() == 32), "{status}");
+    assert!(
+        status["client"].as_str().is_some_and(|c| c.len() == 32),
+        "{status}"
+    );
     let nodes = status["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 6);
     for n in nodes {
@@ -65,11 +73,26 @@ fn copy_seal_dedup_restart_and_lose_two_nodes() {
     assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
     let err = std::fs::remove_file(s1.join("docs/empty")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
-    let list: serde_json::Value = serde_json::from_str(&run_ok(&grid, &["snapshot", "list", "--json"])).unwrap();
-    let first = list["snapshots"].as_array().unwrap().iter().find(|s| s["name"] == "first").unwrap();
+    let list: serde_json::Value =
+        serde_json::from_str(&run_ok(&grid, &["snapshot", "list", "--json"])).unwrap();
+    let first = list["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "first")
+        .unwrap();
     assert_eq!(first["state"], "sealed");
 
-    no_secrets_on_nodes(&data, &[&marker, "IMG 0001", "файл с пробелами", "still deeper", "readme.txt"]);
+    no_secrets_on_nodes(
+        &data,
+        &[
+            &marker,
+            "IMG 0001",
+            "файл с пробелами",
+            "still deeper",
+            "readme.txt",
+        ],
+    );
 
     // Dedup: a second copy of the same tree adds (almost) nothing to the nodes.
     let before = grid.nodes_used_bytes();

@@ -12,7 +12,12 @@ use clap::{Args, Parser, Subcommand};
 ///
 /// Start here:  gridback local up --nodes 6 --data ~/gridback --mount ~/gridback-mnt
 #[derive(Debug, Parser)]
-#[command(name = "gridback", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "gridback",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -72,7 +77,12 @@ pub struct LocalUpArgs {
     #[arg(long, env = "GRIDBACK_MOUNT", value_name = "DIR")]
     pub mount: PathBuf,
     /// Allocated storage of each node.
-    #[arg(long, default_value = "20GiB", value_name = "SIZE", help_heading = "Grid")]
+    #[arg(
+        long,
+        default_value = "20GiB",
+        value_name = "SIZE",
+        help_heading = "Grid"
+    )]
     pub node_capacity: String,
     /// Data packets per chunk.
     #[arg(long, default_value_t = 4, help_heading = "Grid")]

@@ -14,7 +14,10 @@ use cli::{Cli, Command};
 fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn install_panic_hook() {
@@ -31,9 +34,16 @@ fn main() -> ExitCode {
         cli.command,
         Command::Local(_) | Command::Coordinator(_) | Command::Node(_) | Command::Mount(_)
     );
-    init_tracing(if daemon { "info,quinn=warn,rustls=warn" } else { "warn" });
+    init_tracing(if daemon {
+        "info,quinn=warn,rustls=warn"
+    } else {
+        "warn"
+    });
     install_panic_hook();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("gridback: cannot start the async runtime: {e}");

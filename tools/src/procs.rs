@@ -38,7 +38,11 @@ impl Proc {
             .stderr(err)
             .spawn()
             .with_context(|| format!("cannot start {name}"))?;
-        Ok(Proc { name: name.to_string(), log: log.to_path_buf(), child })
+        Ok(Proc {
+            name: name.to_string(),
+            log: log.to_path_buf(),
+            child,
+        })
     }
 
     /// Process id.
@@ -54,7 +58,12 @@ impl Proc {
     /// Fail with the tail of its log if the process has exited.
     pub fn check_alive(&mut self) -> Result<()> {
         if let Some(status) = self.exited() {
-            bail!("{} exited ({status}); last lines of {}:\n{}", self.name, self.log.display(), tail(&self.log, 15));
+            bail!(
+                "{} exited ({status}); last lines of {}:\n{}",
+                self.name,
+                self.log.display(),
+                tail(&self.log, 15)
+            );
         }
         Ok(())
     }

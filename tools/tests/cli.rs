@@ -1,4 +1,5 @@
 //! The `gridback` binary as a user meets it: help, defaults, and clear refusals.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step fails the test
 
 use std::process::Command;
 
@@ -24,7 +25,10 @@ fn print_config_shows_every_default() {
         let out = gridback().args(["print-config", which]).output().unwrap();
         assert!(out.status.success(), "{which}");
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains("coordinator_addr") || text.contains("listen_addr"), "{which}: {text}");
+        assert!(
+            text.contains("coordinator_addr") || text.contains("listen_addr"),
+            "{which}: {text}"
+        );
     }
 }
 
@@ -54,12 +58,18 @@ fn local_up_refuses_a_missing_or_non_empty_mountpoint() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
-    assert!(!data.exists(), "nothing is started or created when the mountpoint is wrong");
+    assert!(
+        !data.exists(),
+        "nothing is started or created when the mountpoint is wrong"
+    );
 }
 
 #[test]
 fn client_commands_without_a_config_say_what_is_missing() {
-    let out = gridback().args(["status", "--config", "/nonexistent/client.toml"]).output().unwrap();
+    let out = gridback()
+        .args(["status", "--config", "/nonexistent/client.toml"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/client.toml"), "{err}");

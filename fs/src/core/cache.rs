@@ -30,14 +30,22 @@ impl ChunkCache {
     pub fn new(grid: Arc<dyn Grid>, capacity_bytes: usize) -> Self {
         Self {
             grid,
-            inner: Mutex::new(Inner { lru: LruCache::unbounded(), bytes: 0 }),
+            inner: Mutex::new(Inner {
+                lru: LruCache::unbounded(),
+                bytes: 0,
+            }),
             inflight: Mutex::new(HashMap::new()),
             capacity_bytes,
         }
     }
 
     fn cached(&self, id: &ChunkId) -> Option<Arc<Vec<u8>>> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).lru.get(id).cloned()
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .lru
+            .get(id)
+            .cloned()
     }
 
     fn insert(&self, id: ChunkId, data: Arc<Vec<u8>>) {
@@ -81,7 +89,13 @@ impl ChunkCache {
             })
             .await
             .clone();
-        self.inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(&chunk.id);
-        r.map_err(|reason| GridError::ChunkUnavailable { chunk: chunk.id, reason })
+        self.inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&chunk.id);
+        r.map_err(|reason| GridError::ChunkUnavailable {
+            chunk: chunk.id,
+            reason,
+        })
     }
 }

@@ -103,12 +103,22 @@ mod tests {
             reason: "x".into(),
         });
         assert_eq!(e.errno(), libc::EIO);
-        assert_eq!(FsError::Grid(GridError::QuotaExceeded("q".into())).errno(), libc::EDQUOT);
         assert_eq!(
-            FsError::Grid(GridError::NoPlacement { chunk: "-".into(), reason: "r".into() }).errno(),
+            FsError::Grid(GridError::QuotaExceeded("q".into())).errno(),
+            libc::EDQUOT
+        );
+        assert_eq!(
+            FsError::Grid(GridError::NoPlacement {
+                chunk: "-".into(),
+                reason: "r".into()
+            })
+            .errno(),
             libc::ENOSPC
         );
         assert_eq!(FsError::ReadOnly("sealed").errno(), libc::EROFS);
-        assert_eq!(FsError::Tree(TreeError::Invalid("x".into())).errno(), libc::EIO);
+        assert_eq!(
+            FsError::Tree(TreeError::Invalid("x".into())).errno(),
+            libc::EIO
+        );
     }
 }

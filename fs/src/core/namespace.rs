@@ -92,8 +92,16 @@ impl FsCore {
         }
         let mut out = Vec::new();
         for (name, child) in self.meta.list_dir(ino, None, usize::MAX)? {
-            let kind = self.meta.inode(child)?.map(|i| i.kind).unwrap_or(Kind::File);
-            out.push(DirEntry { ino: child, kind, name });
+            let kind = self
+                .meta
+                .inode(child)?
+                .map(|i| i.kind)
+                .unwrap_or(Kind::File);
+            out.push(DirEntry {
+                ino: child,
+                kind,
+                name,
+            });
         }
         Ok(out)
     }
@@ -127,7 +135,9 @@ impl FsCore {
         if parent == SNAPSHOTS_INO {
             let name = std::str::from_utf8(name)
                 .map_err(|_| FsError::Invalid("snapshot names must be UTF-8"))?;
-            let root = self.create_snapshot(name, None, (mode & 0o7777) as u16, owner).await?;
+            let root = self
+                .create_snapshot(name, None, (mode & 0o7777) as u16, owner)
+                .await?;
             return self.getattr(root).await;
         }
         if parent == ROOT_INO {
@@ -139,7 +149,13 @@ impl FsCore {
             return Err(FsError::Exists);
         }
         let ino = tx.alloc_ino()?;
-        let inode = new_inode(Kind::Dir, (mode & 0o7777) as u16, owner, parent, dir.snapshot);
+        let inode = new_inode(
+            Kind::Dir,
+            (mode & 0o7777) as u16,
+            owner,
+            parent,
+            dir.snapshot,
+        );
         tx.put_inode(ino, &inode)?;
         tx.put_dirent(parent, name, ino)?;
         dir.nlink += 1;
@@ -170,7 +186,13 @@ impl FsCore {
         let mut dir = self.writable_dir(parent)?;
         let mut tx = self.meta.write()?;
         let ino = tx.alloc_ino()?;
-        let mut inode = new_inode(Kind::File, (mode & 0o7777) as u16, owner, parent, dir.snapshot);
+        let mut inode = new_inode(
+            Kind::File,
+            (mode & 0o7777) as u16,
+            owner,
+            parent,
+            dir.snapshot,
+        );
         inode.provisional = true;
         tx.put_inode(ino, &inode)?;
         tx.put_dirent(parent, name, ino)?;
@@ -211,7 +233,9 @@ impl FsCore {
 
     /// Target of a symbolic link.
     pub async fn readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
-        self.load_inode(ino)?.symlink.ok_or(FsError::Invalid("not a symlink"))
+        self.load_inode(ino)?
+            .symlink
+            .ok_or(FsError::Invalid("not a symlink"))
     }
 
     /// Remove a file or symlink.
@@ -242,7 +266,9 @@ impl FsCore {
     /// Remove an empty directory.
     pub async fn rmdir(&self, parent: u64, name: &[u8]) -> Result<(), FsError> {
         if parent == SNAPSHOTS_INO {
-            return Err(FsError::NotPermitted("use `gridback snapshot delete` to remove snapshots"));
+            return Err(FsError::NotPermitted(
+                "use `gridback snapshot delete` to remove snapshots",
+            ));
         }
         let mut dir = self.writable_dir(parent)?;
         let mut tx = self.meta.write()?;
@@ -384,7 +410,13 @@ impl FsCore {
     }
 
     /// Set an extended attribute.
-    pub async fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> Result<(), FsError> {
+    pub async fn setxattr(
+        &self,
+        ino: u64,
+        name: &[u8],
+        value: &[u8],
+        flags: i32,
+    ) -> Result<(), FsError> {
         check_xattr_name(name)?;
         let mut inode = self.load_inode(ino)?;
         self.check_writable(ino, &inode)?;
@@ -408,7 +440,11 @@ impl FsCore {
         if ino == ROOT_INO || ino == SNAPSHOTS_INO {
             return Err(FsError::NoAttr);
         }
-        self.load_inode(ino)?.xattrs.get(name).cloned().ok_or(FsError::NoAttr)
+        self.load_inode(ino)?
+            .xattrs
+            .get(name)
+            .cloned()
+            .ok_or(FsError::NoAttr)
     }
 
     /// Names of extended attributes.
@@ -441,6 +477,8 @@ fn check_xattr_name(name: &[u8]) -> Result<(), FsError> {
     if name.starts_with(b"user.") || name.starts_with(b"trusted.") {
         Ok(())
     } else {
-        Err(FsError::NotSupported("only user.* and trusted.* attributes are stored"))
+        Err(FsError::NotSupported(
+            "only user.* and trusted.* attributes are stored",
+        ))
     }
 }

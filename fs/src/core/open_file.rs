@@ -92,7 +92,11 @@ impl Layout {
 
 impl FsCore {
     pub(super) fn open_file_if_any(&self, ino: u64) -> Option<Arc<OpenFile>> {
-        self.open_files.lock().unwrap_or_else(|p| p.into_inner()).get(&ino).cloned()
+        self.open_files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&ino)
+            .cloned()
     }
 
     fn open_file(&self, ino: u64) -> Arc<OpenFile> {
@@ -114,7 +118,12 @@ impl FsCore {
 
     /// Make sure the file's bytes are in its spool; with `keep`, copy the committed content
     /// in first (without it the spool starts empty, as for O_TRUNC).
-    async fn ensure_spool(&self, of: &OpenFile, st: &mut FileState, keep: bool) -> Result<(), FsError> {
+    async fn ensure_spool(
+        &self,
+        of: &OpenFile,
+        st: &mut FileState,
+        keep: bool,
+    ) -> Result<(), FsError> {
         if st.spool.is_some() {
             return Ok(());
         }
@@ -223,7 +232,9 @@ impl FsCore {
         let sequential = h.last_read_end == offset;
         let mut out = Vec::with_capacity((end - offset) as usize);
         let mut pos = offset;
-        let first = layout.index_of(offset).ok_or(FsError::Invalid("offset past content"))?;
+        let first = layout
+            .index_of(offset)
+            .ok_or(FsError::Invalid("offset past content"))?;
         let mut i = first;
         while pos < end && i < layout.chunks.len() {
             let data = self.cache.get(layout.chunks[i]).await?;
@@ -240,7 +251,12 @@ impl FsCore {
         if sequential {
             self.readahead(&layout, i);
         }
-        if let Some(hh) = self.handles.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&fh) {
+        if let Some(hh) = self
+            .handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&fh)
+        {
             hh.last_read_end = pos;
         }
         Ok(out)
@@ -354,7 +370,10 @@ impl FsCore {
             }
         }
         drop(st);
-        self.open_files.lock().unwrap_or_else(|p| p.into_inner()).remove(&of.ino);
+        self.open_files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&of.ino);
         if let Some(inode) = self.meta.inode(of.ino)?
             && inode.nlink == 0
         {
@@ -389,8 +408,13 @@ impl FsCore {
 
     /// Whether any file of the snapshot rooted at `root` is open for writing or unsaved.
     pub(super) async fn open_writers_in(&self, root: u64) -> Result<Vec<u64>, FsError> {
-        let files: Vec<Arc<OpenFile>> =
-            self.open_files.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let files: Vec<Arc<OpenFile>> = self
+            .open_files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
         let writers: Vec<u64> = self
             .handles
             .lock()
@@ -413,8 +437,13 @@ impl FsCore {
 
     /// Commit every dirty file of a snapshot (used by a forced seal).
     pub(super) async fn commit_all_in(&self, root: u64) -> Result<(), FsError> {
-        let files: Vec<Arc<OpenFile>> =
-            self.open_files.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let files: Vec<Arc<OpenFile>> = self
+            .open_files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
         for of in files {
             if self.meta.inode(of.ino)?.is_some_and(|i| i.snapshot == root) {
                 self.commit(&of).await?;

@@ -49,7 +49,14 @@ impl FsCore {
                         secs: (info.created_unix_ms / 1000) as i64,
                         nanos: ((info.created_unix_ms % 1000) * 1_000_000) as u32,
                     };
-                    tx.put_snapshot(&info.name, &LocalSnapshot { root: None, state, created })?;
+                    tx.put_snapshot(
+                        &info.name,
+                        &LocalSnapshot {
+                            root: None,
+                            state,
+                            created,
+                        },
+                    )?;
                 }
             }
         }
@@ -81,12 +88,18 @@ impl FsCore {
         let record = self.grid.snapshot_get(name.to_string()).await?;
         let tree = if record.tree.is_empty() {
             // An open snapshot whose local cache is gone: it starts empty again.
-            TreeV1 { nodes: vec![root_node(0o755, Owner { uid: 0, gid: 0 })] }
+            TreeV1 {
+                nodes: vec![root_node(0o755, Owner { uid: 0, gid: 0 })],
+            }
         } else {
             self.fetch_tree(&record.tree).await?
         };
         let root = self.import_tree(name, &tree, local.state, local.created)?;
-        tracing::info!(snapshot = name, entries = tree.nodes.len(), "snapshot tree loaded");
+        tracing::info!(
+            snapshot = name,
+            entries = tree.nodes.len(),
+            "snapshot tree loaded"
+        );
         Ok(root)
     }
 
@@ -94,7 +107,10 @@ impl FsCore {
         let mut blob = Vec::new();
         for c in chunks {
             let len = u32::try_from(c.len).map_err(|_| FsError::Invalid("tree chunk too large"))?;
-            let data = self.grid.read_chunk(crate::grid::ChunkRef { id: c.id, len }).await?;
+            let data = self
+                .grid
+                .read_chunk(crate::grid::ChunkRef { id: c.id, len })
+                .await?;
             blob.extend_from_slice(&data);
         }
         let plain = self.cipher.open(&blob).map_err(|e| {
@@ -122,7 +138,11 @@ impl FsCore {
             let mut inode = node.inode.clone();
             inode.snapshot = root;
             inode.provisional = false;
-            inode.parent = if i == 0 { SNAPSHOTS_INO } else { inos[node.parent as usize] };
+            inode.parent = if i == 0 {
+                SNAPSHOTS_INO
+            } else {
+                inos[node.parent as usize]
+            };
             tx.put_inode(inos[i], &inode)?;
             if i > 0 {
                 tx.put_dirent(inos[node.parent as usize], &node.name, inos[i])?;
@@ -131,23 +151,42 @@ impl FsCore {
                 tx.put_content(inos[i], &node.chunks)?;
             }
         }
-        tx.put_snapshot(name, &LocalSnapshot { root: Some(root), state, created })?;
+        tx.put_snapshot(
+            name,
+            &LocalSnapshot {
+                root: Some(root),
+                state,
+                created,
+            },
+        )?;
         tx.commit()?;
         Ok(root)
     }
 
     fn export_tree(&self, root: u64) -> Result<TreeV1, FsError> {
         let root_inode = self.load_inode(root)?;
-        let mut nodes =
-            vec![TreeNode { parent: 0, name: Vec::new(), inode: root_inode, chunks: Vec::new() }];
+        let mut nodes = vec![TreeNode {
+            parent: 0,
+            name: Vec::new(),
+            inode: root_inode,
+            chunks: Vec::new(),
+        }];
         let mut stack = vec![(root, 0u32)];
         while let Some((dir, idx)) = stack.pop() {
             for (name, child) in self.meta.list_dir(dir, None, usize::MAX)? {
                 let inode = self.load_inode(child)?;
-                let chunks =
-                    if inode.kind == Kind::File { self.meta.content(child)? } else { Vec::new() };
+                let chunks = if inode.kind == Kind::File {
+                    self.meta.content(child)?
+                } else {
+                    Vec::new()
+                };
                 let is_dir = inode.kind == Kind::Dir;
-                nodes.push(TreeNode { parent: idx, name, inode, chunks });
+                nodes.push(TreeNode {
+                    parent: idx,
+                    name,
+                    inode,
+                    chunks,
+                });
                 if is_dir {
                     stack.push((child, (nodes.len() - 1) as u32));
                 }
@@ -183,7 +222,9 @@ impl FsCore {
                 GridError::Conflict(_) => FsError::Exists,
                 other => FsError::Grid(other),
             })?;
-        let tree = base.unwrap_or_else(|| TreeV1 { nodes: vec![root_node(perm, owner)] });
+        let tree = base.unwrap_or_else(|| TreeV1 {
+            nodes: vec![root_node(perm, owner)],
+        });
         let root = self.import_tree(name, &tree, LocalState::Open, Time::now())?;
         tracing::info!(snapshot = name, from = ?from, "snapshot opened");
         Ok(root)
@@ -209,18 +250,37 @@ impl FsCore {
         let entries = tree.nodes.len() as u64;
         let blob = self.cipher.seal(&tree::encode(&tree));
         let tree_bytes = blob.len() as u64;
-        let stored = self.grid.store_reader(name.to_string(), Box::new(Cursor::new(blob))).await?;
+        let stored = self
+            .grid
+            .store_reader(name.to_string(), Box::new(Cursor::new(blob)))
+            .await?;
         let chunks: Vec<TreeChunk> = stored
             .chunks
             .iter()
-            .map(|c| TreeChunk { id: c.id, len: u64::from(c.len) })
+            .map(|c| TreeChunk {
+                id: c.id,
+                len: u64::from(c.len),
+            })
             .collect();
-        self.grid.snapshot_seal(name.to_string(), chunks, tree_bytes).await?;
+        self.grid
+            .snapshot_seal(name.to_string(), chunks, tree_bytes)
+            .await?;
         let mut tx = self.meta.write()?;
-        tx.put_snapshot(name, &LocalSnapshot { root: Some(root), state: LocalState::Sealed, ..local })?;
+        tx.put_snapshot(
+            name,
+            &LocalSnapshot {
+                root: Some(root),
+                state: LocalState::Sealed,
+                ..local
+            },
+        )?;
         tx.commit()?;
         tracing::info!(snapshot = name, entries, tree_bytes, "snapshot sealed");
-        Ok(SealReport { name: name.to_string(), entries, tree_bytes })
+        Ok(SealReport {
+            name: name.to_string(),
+            entries,
+            tree_bytes,
+        })
     }
 
     /// Entries of `snapshots/`.
@@ -228,7 +288,11 @@ impl FsCore {
         let mut out = Vec::new();
         for (name, _) in self.meta.snapshots()? {
             match self.snapshot_root(&name).await {
-                Ok(root) => out.push(DirEntry { ino: root, kind: Kind::Dir, name: name.into_bytes() }),
+                Ok(root) => out.push(DirEntry {
+                    ino: root,
+                    kind: Kind::Dir,
+                    name: name.into_bytes(),
+                }),
                 Err(e) => tracing::warn!(snapshot = %name, error = %e, "snapshot tree unavailable"),
             }
         }
@@ -237,7 +301,12 @@ impl FsCore {
 
     /// Local snapshots with their state.
     pub fn local_snapshots(&self) -> Result<Vec<(String, LocalState)>, FsError> {
-        Ok(self.meta.snapshots()?.into_iter().map(|(n, s)| (n, s.state)).collect())
+        Ok(self
+            .meta
+            .snapshots()?
+            .into_iter()
+            .map(|(n, s)| (n, s.state))
+            .collect())
     }
 }
 

@@ -83,7 +83,9 @@ pub(super) fn chunk_stream(
     let mut chunker = Chunker::new(reader, params, crypto.cdc_seed());
     loop {
         // Closed when the store ends: stop quietly.
-        let Ok(permit) = rt.block_on(permits.clone().acquire_owned()) else { return };
+        let Ok(permit) = rt.block_on(permits.clone().acquire_owned()) else {
+            return;
+        };
         let mut chunks = Vec::with_capacity(batch_chunks);
         let mut bytes = 0;
         let mut eof = false;
@@ -124,8 +126,19 @@ impl Uploader {
         seen: &mut HashSet<ChunkId>,
     ) -> Result<PreparedBatch, GridError> {
         let ids: Vec<ChunkId> = raw.chunks.iter().map(|c| c.0).collect();
-        let present = self.coord.query_chunks(&ids).await.map_err(|e| grid_error(e, None))?;
-        let refs = raw.chunks.iter().map(|(id, d)| ChunkRef { id: *id, len: d.len() as u32 }).collect();
+        let present = self
+            .coord
+            .query_chunks(&ids)
+            .await
+            .map_err(|e| grid_error(e, None))?;
+        let refs = raw
+            .chunks
+            .iter()
+            .map(|(id, d)| ChunkRef {
+                id: *id,
+                len: d.len() as u32,
+            })
+            .collect();
         let mut dedup_refs = Vec::new();
         let mut to_seal = Vec::new();
         for ((id, data), present) in raw.chunks.into_iter().zip(present) {
@@ -133,21 +146,36 @@ impl Uploader {
             if !seen.insert(id) {
                 continue;
             }
-            if present { dedup_refs.push(id) } else { to_seal.push((id, data)) }
+            if present {
+                dedup_refs.push(id)
+            } else {
+                to_seal.push((id, data))
+            }
         }
         let new =
-            futures::future::try_join_all(to_seal.into_iter().map(|(id, d)| self.seal(id, d))).await?;
-        Ok(PreparedBatch { refs, new, dedup_refs, _permit: raw.permit })
+            futures::future::try_join_all(to_seal.into_iter().map(|(id, d)| self.seal(id, d)))
+                .await?;
+        Ok(PreparedBatch {
+            refs,
+            new,
+            dedup_refs,
+            _permit: raw.permit,
+        })
     }
 
     async fn seal(&self, id: ChunkId, data: Vec<u8>) -> Result<SealedChunk, GridError> {
-        let _cpu = self.cpu.acquire().await.map_err(|_| GridError::Internal("CPU pool closed".into()))?;
+        let _cpu = self
+            .cpu
+            .acquire()
+            .await
+            .map_err(|_| GridError::Internal("CPU pool closed".into()))?;
         let (crypto, level) = (self.crypto.clone(), self.params.level);
         let len = data.len() as u32;
-        let blob = tokio::task::spawn_blocking(move || packet::seal_chunk(&crypto, level, &id, &data))
-            .await
-            .map_err(join_error)?
-            .map_err(|e| GridError::Internal(format!("sealing chunk {id:?}: {e}")))?;
+        let blob =
+            tokio::task::spawn_blocking(move || packet::seal_chunk(&crypto, level, &id, &data))
+                .await
+                .map_err(join_error)?
+                .map_err(|e| GridError::Internal(format!("sealing chunk {id:?}: {e}")))?;
         Ok(SealedChunk { id, len, blob })
     }
 
@@ -157,11 +185,19 @@ impl Uploader {
         snapshot: &str,
         batch: PreparedBatch,
     ) -> Result<BatchOutcome, GridError> {
-        let PreparedBatch { new, dedup_refs, _permit, .. } = batch;
+        let PreparedBatch {
+            new,
+            dedup_refs,
+            _permit,
+            ..
+        } = batch;
         let mut outcome = BatchOutcome::default();
         let mut commits = Vec::with_capacity(new.len());
         if !new.is_empty() {
-            let req = new.iter().map(|c| ChunkAlloc { id: c.id, blob_bytes: c.blob.len() as u64 });
+            let req = new.iter().map(|c| ChunkAlloc {
+                id: c.id,
+                blob_bytes: c.blob.len() as u64,
+            });
             let allocs = self
                 .coord
                 .allocate(req.collect(), self.recent_failures())
@@ -169,13 +205,16 @@ impl Uploader {
                 .map_err(|e| grid_error(e, None))?;
             outcome.new_chunks = new.len() as u64;
             outcome.new_bytes = new.iter().map(|c| u64::from(c.len)).sum();
-            let encoded =
-                futures::future::try_join_all(new.into_iter().zip(allocs).map(|(c, a)| self.encode(c, a)))
-                    .await?;
+            let encoded = futures::future::try_join_all(
+                new.into_iter().zip(allocs).map(|(c, a)| self.encode(c, a)),
+            )
+            .await?;
             let jobs: Vec<(usize, Arc<ChunkUpload>, Target)> = encoded
                 .iter()
                 .enumerate()
-                .flat_map(|(i, (up, targets))| targets.iter().map(move |t| (i, up.clone(), t.clone())))
+                .flat_map(|(i, (up, targets))| {
+                    targets.iter().map(move |t| (i, up.clone(), t.clone()))
+                })
                 .collect();
             let placed: Vec<(usize, PacketPlacement)> = futures::stream::iter(jobs)
                 .map(|(i, up, t)| async move { self.put_packet(&up, t).await.map(|p| (i, p)) })
@@ -190,11 +229,20 @@ impl Uploader {
                 packets.sort_by_key(|p| p.index);
                 outcome.uploaded_bytes += up.shard_bytes * packets.len() as u64;
                 let (k, m, shard_bytes) = (up.k, up.m, up.shard_bytes);
-                commits.push(ChunkCommit { id: up.id, k, m, shard_bytes, packets });
+                commits.push(ChunkCommit {
+                    id: up.id,
+                    k,
+                    m,
+                    shard_bytes,
+                    packets,
+                });
             }
         }
         if !commits.is_empty() || !dedup_refs.is_empty() {
-            self.coord.commit(snapshot, commits, dedup_refs).await.map_err(|e| grid_error(e, None))?;
+            self.coord
+                .commit(snapshot, commits, dedup_refs)
+                .await
+                .map_err(|e| grid_error(e, None))?;
         }
         Ok(outcome)
     }
@@ -206,17 +254,31 @@ impl Uploader {
         alloc: Allocation,
     ) -> Result<(Arc<ChunkUpload>, Vec<Target>), GridError> {
         let id = chunk.id;
-        let bad = |reason: String| GridError::Internal(format!("allocation for chunk {id:?}: {reason}"));
+        let bad =
+            |reason: String| GridError::Internal(format!("allocation for chunk {id:?}: {reason}"));
         if alloc.id != id {
             return Err(bad(format!("coordinator answered for {:?}", alloc.id)));
         }
-        let params = ErasureParams::new(alloc.k, alloc.m, alloc.shard_bytes).map_err(|e| bad(e.to_string()))?;
+        let params = ErasureParams::new(alloc.k, alloc.m, alloc.shard_bytes)
+            .map_err(|e| bad(e.to_string()))?;
         if alloc.targets.len() != params.total()
-            || alloc.targets.iter().enumerate().any(|(i, t)| usize::from(t.index) != i)
+            || alloc
+                .targets
+                .iter()
+                .enumerate()
+                .any(|(i, t)| usize::from(t.index) != i)
         {
-            return Err(bad(format!("{} targets for k+m = {}", alloc.targets.len(), params.total())));
+            return Err(bad(format!(
+                "{} targets for k+m = {}",
+                alloc.targets.len(),
+                params.total()
+            )));
         }
-        let _cpu = self.cpu.acquire().await.map_err(|_| GridError::Internal("CPU pool closed".into()))?;
+        let _cpu = self
+            .cpu
+            .acquire()
+            .await
+            .map_err(|_| GridError::Internal("CPU pool closed".into()))?;
         let packets = tokio::task::spawn_blocking(move || erasure::encode(&chunk.blob, params))
             .await
             .map_err(join_error)?
@@ -234,7 +296,11 @@ impl Uploader {
     }
 
     /// Put one packet, moving it to a replacement target when a node fails.
-    async fn put_packet(&self, up: &ChunkUpload, mut target: Target) -> Result<PacketPlacement, GridError> {
+    async fn put_packet(
+        &self,
+        up: &ChunkUpload,
+        mut target: Target,
+    ) -> Result<PacketPlacement, GridError> {
         let index = target.index;
         let id = up.id;
         let data = &up.packets[usize::from(index)];
@@ -242,7 +308,12 @@ impl Uploader {
         loop {
             attempt += 1;
             let span = debug_span!("upload", chunk = ?id, index, node = %target.node, attempt);
-            let put = self.nodes.put(target.node, &target.addr, target.order.clone(), data.clone());
+            let put = self.nodes.put(
+                target.node,
+                &target.addr,
+                target.order.clone(),
+                data.clone(),
+            );
             let err = match put.instrument(span).await {
                 Ok(ack) => {
                     return Ok(PacketPlacement {
@@ -266,12 +337,20 @@ impl Uploader {
                 used.insert(target.node);
                 used.iter().copied().collect()
             };
-            let req = ReplaceTargets { id, shard_bytes: up.shard_bytes, indices: vec![index], exclude };
+            let req = ReplaceTargets {
+                id,
+                shard_bytes: up.shard_bytes,
+                indices: vec![index],
+                exclude,
+            };
             match self.coord.replace_targets(req).await {
                 Ok(mut t) if !t.is_empty() => {
                     target = t.swap_remove(0);
                     target.index = index;
-                    up.used.lock().unwrap_or_else(|p| p.into_inner()).insert(target.node);
+                    up.used
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(target.node);
                 }
                 Ok(_) => unreachable_targets(id, index, &err, "coordinator returned no target")?,
                 Err(e) if e.code() == Some(ErrorCode::NoPlacement) || e.code().is_none() => {
@@ -283,7 +362,12 @@ impl Uploader {
     }
 }
 
-fn unreachable_targets(id: ChunkId, index: u8, put: &dyn std::fmt::Display, why: &str) -> Result<(), GridError> {
+fn unreachable_targets(
+    id: ChunkId,
+    index: u8,
+    put: &dyn std::fmt::Display,
+    why: &str,
+) -> Result<(), GridError> {
     let reason = format!("packet {index}: put failed ({put}) and no replacement target: {why}");
     error!(chunk = %id, %reason, "upload failed");
     Err(GridError::UploadFailed { chunk: id, reason })

@@ -47,6 +47,8 @@ pub async fn node(cmd: NodeCmd) -> Result<ExitCode> {
     }
     tracing::info!("stopping");
     shutdown.cancel();
-    task.await.context("node task failed")?.context("node failed")?;
+    task.await
+        .context("node task failed")?
+        .context("node failed")?;
     Ok(ExitCode::SUCCESS)
 }

@@ -83,7 +83,10 @@ pub fn check_mountpoint(mount: &Path) -> Result<()> {
                 .with_context(|| format!("cannot clear the stale mount at {}", mount.display()))?;
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            bail!("mountpoint {} does not exist (create an empty directory first)", mount.display())
+            bail!(
+                "mountpoint {} does not exist (create an empty directory first)",
+                mount.display()
+            )
         }
         Err(e) => bail!("cannot use mountpoint {}: {e}", mount.display()),
         Ok(m) if !m.is_dir() => bail!("mountpoint {} is not a directory", mount.display()),
@@ -92,7 +95,10 @@ pub fn check_mountpoint(mount: &Path) -> Result<()> {
     let mut entries = std::fs::read_dir(mount)
         .with_context(|| format!("cannot read mountpoint {}", mount.display()))?;
     if entries.next().is_some() {
-        bail!("mountpoint {} is not empty (gridback mounts only on an empty directory)", mount.display());
+        bail!(
+            "mountpoint {} is not empty (gridback mounts only on an empty directory)",
+            mount.display()
+        );
     }
     Ok(())
 }
@@ -184,7 +190,10 @@ pub async fn start(data: &Path, opts: &StartOptions) -> Result<LocalGrid> {
     let addr_file = layout.coordinator_addr_file();
     let coordinator_addr = wait_for("the coordinator to listen", START_TIMEOUT, || {
         coordinator.check_alive()?;
-        Ok(std::fs::read_to_string(&addr_file).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()))
+        Ok(std::fs::read_to_string(&addr_file)
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty()))
     })
     .await?;
 
@@ -197,9 +206,15 @@ pub async fn start(data: &Path, opts: &StartOptions) -> Result<LocalGrid> {
     if !tls_dir.join("client.crt").exists() {
         let token = std::fs::read_to_string(&token_file)
             .with_context(|| format!("cannot read the join token {}", token_file.display()))?;
-        gridback_fs::join::join_client(&coordinator_addr, &ca_file, token.trim(), &tls_dir, "local-client")
-            .await
-            .context("the client could not join the grid")?;
+        gridback_fs::join::join_client(
+            &coordinator_addr,
+            &ca_file,
+            token.trim(),
+            &tls_dir,
+            "local-client",
+        )
+        .await
+        .context("the client could not join the grid")?;
     }
     let key_file = client_dir.join("keys.toml");
     if !key_file.exists() {
@@ -233,9 +248,19 @@ pub async fn start(data: &Path, opts: &StartOptions) -> Result<LocalGrid> {
         write_if_changed(&layout.node_toml(i), &ntext)?;
         let ntoml = layout.node_toml(i).display().to_string();
         let name = format!("node-{i:02}");
-        nodes.push(Proc::spawn_self(&name, &["node", "run", "--config", &ntoml], &layout.log(&name))?);
+        nodes.push(Proc::spawn_self(
+            &name,
+            &["node", "run", "--config", &ntoml],
+            &layout.log(&name),
+        )?);
     }
-    let mut grid = LocalGrid { layout, coordinator, coordinator_addr, nodes, mount: None };
+    let mut grid = LocalGrid {
+        layout,
+        coordinator,
+        coordinator_addr,
+        nodes,
+        mount: None,
+    };
     let client_toml = grid.layout.client_toml();
     let want: Vec<u32> = grid.nodes.iter().map(|n| n.pid()).collect();
     let deadline = std::time::Instant::now() + START_TIMEOUT;
@@ -258,7 +283,11 @@ pub async fn start(data: &Path, opts: &StartOptions) -> Result<LocalGrid> {
         }
         if std::time::Instant::now() > deadline {
             grid.stop();
-            bail!("timed out waiting for {} nodes to report in; see {}", want.len(), grid.layout.root.join("logs").display());
+            bail!(
+                "timed out waiting for {} nodes to report in; see {}",
+                want.len(),
+                grid.layout.root.join("logs").display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -269,7 +298,11 @@ pub async fn start(data: &Path, opts: &StartOptions) -> Result<LocalGrid> {
 pub async fn mount(grid: &mut LocalGrid, mountpoint: &Path) -> Result<()> {
     let mp = mountpoint.display().to_string();
     let cfg = grid.layout.client_toml().display().to_string();
-    let mut m = Proc::spawn_self("mount", &["mount", &mp, "--config", &cfg], &grid.layout.log("mount"))?;
+    let mut m = Proc::spawn_self(
+        "mount",
+        &["mount", &mp, "--config", &cfg],
+        &grid.layout.log("mount"),
+    )?;
     let snapshots = mountpoint.join("snapshots");
     let r = wait_for("the mount to answer", START_TIMEOUT, || {
         m.check_alive()?;
@@ -309,11 +342,17 @@ pub async fn up(args: LocalUpArgs) -> Result<ExitCode> {
         if let Some(m) = &mut grid.mount
             && let Some(status) = m.exited()
         {
-            eprintln!("gridback: the mount process exited ({status}); see {}", m.log.display());
+            eprintln!(
+                "gridback: the mount process exited ({status}); see {}",
+                m.log.display()
+            );
             break ExitCode::FAILURE;
         }
         if let Some(status) = grid.coordinator.exited() {
-            eprintln!("gridback: the coordinator exited ({status}); see {}", grid.coordinator.log.display());
+            eprintln!(
+                "gridback: the coordinator exited ({status}); see {}",
+                grid.coordinator.log.display()
+            );
             break ExitCode::FAILURE;
         }
         for n in &mut grid.nodes {
@@ -345,7 +384,13 @@ async fn print_summary(grid: &LocalGrid, mountpoint: &Path) {
             .and_then(|s| s.nodes.iter().find(|x| x.pid == n.pid()))
             .map(|x| x.addr.clone())
             .unwrap_or_else(|| "?".into());
-        println!("  {:<12} {:<21} pid {:<7} log {}", n.name, addr, n.pid(), n.log.display());
+        println!(
+            "  {:<12} {:<21} pid {:<7} log {}",
+            n.name,
+            addr,
+            n.pid(),
+            n.log.display()
+        );
     }
     if let Some(s) = &status
         && let Some(c) = s.client
@@ -354,13 +399,21 @@ async fn print_summary(grid: &LocalGrid, mountpoint: &Path) {
     }
     println!("  config       {}", l.client_toml().display());
     if let Some(m) = &grid.mount {
-        println!("  mount        {:<21} pid {:<7} log {}", mountpoint.display(), m.pid(), m.log.display());
+        println!(
+            "  mount        {:<21} pid {:<7} log {}",
+            mountpoint.display(),
+            m.pid(),
+            m.log.display()
+        );
     }
     let cfg = l.client_toml();
     println!();
     println!("Try:");
     println!("  mkdir {}/snapshots/today", mountpoint.display());
-    println!("  cp -a ~/Documents {}/snapshots/today/", mountpoint.display());
+    println!(
+        "  cp -a ~/Documents {}/snapshots/today/",
+        mountpoint.display()
+    );
     println!("  gridback snapshot seal today --config {}", cfg.display());
     println!("  gridback status --config {}", cfg.display());
     println!("Press Ctrl-C to unmount and stop.");

@@ -40,7 +40,9 @@ pub async fn run(args: MountArgs) -> Result<ExitCode> {
     let cfg = ClientConfig::load(&args.config.config)?;
     super::local::check_mountpoint(&args.mountpoint)?;
     let core = open_core(&cfg).await?;
-    core.sync_snapshots().await.context("cannot list snapshots at the coordinator")?;
+    core.sync_snapshots()
+        .await
+        .context("cannot list snapshots at the coordinator")?;
     let session = gridback_fs::fuse::mount(
         core.clone(),
         &args.mountpoint,
@@ -49,7 +51,11 @@ pub async fn run(args: MountArgs) -> Result<ExitCode> {
     )?;
     let shutdown = CancellationToken::new();
     let sock = gridback_fs::control::socket_path(&cfg.state_dir);
-    let control = tokio::spawn(gridback_fs::control::serve(core.clone(), sock, shutdown.clone()));
+    let control = tokio::spawn(gridback_fs::control::serve(
+        core.clone(),
+        sock,
+        shutdown.clone(),
+    ));
     tracing::info!(mountpoint = %args.mountpoint.display(), "mounted");
     println!("mounted at {}", args.mountpoint.display());
     loop {

@@ -18,10 +18,15 @@ use crate::cli::SnapshotCmd;
 /// `gridback snapshot …`.
 pub async fn run(cmd: SnapshotCmd) -> Result<ExitCode> {
     match cmd {
-        SnapshotCmd::List { config, json } => list(&ClientConfig::load(&config.config)?, json).await,
+        SnapshotCmd::List { config, json } => {
+            list(&ClientConfig::load(&config.config)?, json).await
+        }
         SnapshotCmd::Create { name, from, config } => {
             let cfg = ClientConfig::load(&config.config)?;
-            let req = ControlRequest::Create { name: name.clone(), from: from.clone() };
+            let req = ControlRequest::Create {
+                name: name.clone(),
+                from: from.clone(),
+            };
             if let Some(r) = control::request(&cfg.state_dir, &req).await? {
                 return answer(r.ok, &r.message);
             }
@@ -31,15 +36,31 @@ pub async fn run(cmd: SnapshotCmd) -> Result<ExitCode> {
                 .with_context(|| format!("cannot open snapshot {name:?}"))?;
             answer(true, &format!("opened {name}"))
         }
-        SnapshotCmd::Seal { name, force, config } => {
+        SnapshotCmd::Seal {
+            name,
+            force,
+            config,
+        } => {
             let cfg = ClientConfig::load(&config.config)?;
-            let req = ControlRequest::Seal { name: name.clone(), force };
+            let req = ControlRequest::Seal {
+                name: name.clone(),
+                force,
+            };
             if let Some(r) = control::request(&cfg.state_dir, &req).await? {
                 return answer(r.ok, &r.message);
             }
             let core = local_core(&cfg).await?;
-            let r = core.seal(&name, force).await.with_context(|| format!("cannot seal {name:?}"))?;
-            answer(true, &format!("sealed {} ({} entries, tree {} bytes)", r.name, r.entries, r.tree_bytes))
+            let r = core
+                .seal(&name, force)
+                .await
+                .with_context(|| format!("cannot seal {name:?}"))?;
+            answer(
+                true,
+                &format!(
+                    "sealed {} ({} entries, tree {} bytes)",
+                    r.name, r.entries, r.tree_bytes
+                ),
+            )
         }
     }
 }
@@ -62,7 +83,10 @@ async fn local_core(cfg: &ClientConfig) -> Result<Arc<FsCore>> {
 
 async fn list(cfg: &ClientConfig, as_json: bool) -> Result<ExitCode> {
     let c = coord_client(cfg)?;
-    let l = c.call(SnapshotList).await.context("cannot list snapshots")?;
+    let l = c
+        .call(SnapshotList)
+        .await
+        .context("cannot list snapshots")?;
     let state = |s: SnapshotState| match s {
         SnapshotState::Open => "open",
         SnapshotState::Sealed => "sealed",
@@ -82,7 +106,10 @@ async fn list(cfg: &ClientConfig, as_json: bool) -> Result<ExitCode> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&json!({ "snapshots": v }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "snapshots": v }))?
+        );
     } else {
         println!("{:<32} {:<7} {:>10}", "name", "state", "chunks");
         for s in &l.snapshots {

@@ -20,24 +20,37 @@ pub fn client_identity(cfg: &ClientConfig) -> Result<Identity> {
     let read = |name: &str| {
         let p = dir.join(name);
         std::fs::read_to_string(&p).with_context(|| {
-            format!("cannot read {} (has this client joined the grid?)", p.display())
+            format!(
+                "cannot read {} (has this client joined the grid?)",
+                p.display()
+            )
         })
     };
-    Ok(Identity::from_pem(&read("client.crt")?, &read("client.key")?, &read("ca.crt")?)?)
+    Ok(Identity::from_pem(
+        &read("client.crt")?,
+        &read("client.key")?,
+        &read("ca.crt")?,
+    )?)
 }
 
 /// A coordinator client for one-off commands.
 pub fn coord_client(cfg: &ClientConfig) -> Result<CoordClient> {
     let identity = client_identity(cfg)?;
     let ep = client_endpoint(&identity)?;
-    Ok(CoordClient::new(ConnPool::new(ep), cfg.coordinator_addr.clone()))
+    Ok(CoordClient::new(
+        ConnPool::new(ep),
+        cfg.coordinator_addr.clone(),
+    ))
 }
 
 /// Ask the coordinator for the grid status, as the client of `config`.
 pub async fn fetch_status(config: &Path) -> Result<StatusReport> {
     let cfg = ClientConfig::load(config)?;
     let c = coord_client(&cfg)?;
-    let r = c.call(Status).await.with_context(|| format!("coordinator {}", cfg.coordinator_addr))?;
+    let r = c
+        .call(Status)
+        .await
+        .with_context(|| format!("coordinator {}", cfg.coordinator_addr))?;
     c.pool().close_all();
     Ok(r)
 }
@@ -79,12 +92,22 @@ pub async fn run(args: StatusArgs) -> Result<ExitCode> {
     if let Some(c) = s.client {
         println!("client       {c}");
     }
-    println!("coordinator  {}  pid {}", s.coordinator_addr, s.coordinator_pid);
+    println!(
+        "coordinator  {}  pid {}",
+        s.coordinator_addr, s.coordinator_pid
+    );
     println!("erasure      {}+{}", s.erasure_k, s.erasure_m);
-    println!("chunks       {} ({} in packets)", s.chunk_count, format_size(s.stored_bytes));
+    println!(
+        "chunks       {} ({} in packets)",
+        s.chunk_count,
+        format_size(s.stored_bytes)
+    );
     let up = s.nodes.iter().filter(|n| n.state == NodeState::Up).count();
     println!("nodes        {up} up of {}", s.nodes.len());
-    println!("  {:<32} {:<8} {:<21} {:<7} {:<5} {:>10} {:>10} {:>8}", "id", "label", "addr", "pid", "state", "used", "capacity", "packets");
+    println!(
+        "  {:<32} {:<8} {:<21} {:<7} {:<5} {:>10} {:>10} {:>8}",
+        "id", "label", "addr", "pid", "state", "used", "capacity", "packets"
+    );
     for n in &s.nodes {
         println!(
             "  {:<32} {:<8} {:<21} {:<7} {:<5} {:>10} {:>10} {:>8}",
