@@ -111,7 +111,8 @@ async fn same_data_twice_is_stored_once_across_clients() {
         .store_reader("s1".into(), Box::new(Cursor::new(data)))
         .await
         .unwrap();
-    assert_eq!(other.new_chunks, first.new_chunks);
+    assert!(other.new_chunks > 0, "another domain stores its own copy");
+    assert!(cluster.status(&grid_c).await.stored_bytes > used_after_first);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
