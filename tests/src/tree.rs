@@ -226,3 +226,40 @@ fn walkdir(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// An entry reduced to what a model-based test can predict: kind, content, link target
+/// (modes and times depend on when and how each side ran the operations).
+fn content_only(e: &Entry) -> String {
+    match e {
+        Entry::Dir { .. } => "dir".to_string(),
+        Entry::File { size, hash, .. } => format!("file size={size} blake3={hash}"),
+        Entry::Symlink { target } => format!("symlink -> {}", target.display()),
+    }
+}
+
+/// Assert two trees hold the same names, kinds, file bytes and link targets, ignoring modes
+/// and times; names the first difference.
+pub fn assert_same_content(a: &Path, b: &Path) {
+    let ta: BTreeMap<_, _> = snapshot_of(a)
+        .iter()
+        .map(|(k, v)| (k.clone(), content_only(v)))
+        .collect();
+    let tb: BTreeMap<_, _> = snapshot_of(b)
+        .iter()
+        .map(|(k, v)| (k.clone(), content_only(v)))
+        .collect();
+    for (k, va) in &ta {
+        match tb.get(k) {
+            None => panic!("{} is missing from {}", k.display(), b.display()),
+            Some(vb) => assert_eq!(va, vb, "{} differs", k.display()),
+        }
+    }
+    for k in tb.keys() {
+        assert!(
+            ta.contains_key(k),
+            "{} is extra in {}",
+            k.display(),
+            b.display()
+        );
+    }
+}

@@ -11,6 +11,12 @@ use clap::Parser;
 
 use cli::{Cli, Command};
 
+/// mimalloc keeps freed chunk-sized buffers for reuse: with glibc's allocator every 1 MiB
+/// buffer of the pipeline was a fresh mmap, and page faults plus zeroing took a fifth of the
+/// mount's CPU time (measured with perf during a copy).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));

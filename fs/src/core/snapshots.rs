@@ -170,6 +170,7 @@ impl FsCore {
             name: Vec::new(),
             inode: root_inode,
             chunks: Vec::new(),
+            source: None,
         }];
         let mut stack = vec![(root, 0u32)];
         while let Some((dir, idx)) = stack.pop() {
@@ -186,6 +187,7 @@ impl FsCore {
                     name,
                     inode,
                     chunks,
+                    source: None,
                 });
                 if is_dir {
                     stack.push((child, (nodes.len() - 1) as u32));
@@ -332,5 +334,6 @@ fn root_node(perm: u16, owner: Owner) -> TreeNode {
             provisional: false,
         },
         chunks: Vec::new(),
+        source: None,
     }
 }
