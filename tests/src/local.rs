@@ -204,3 +204,55 @@ pub fn cp_a(src: &Path, dst: &Path) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Pid of the `gridback mount` process serving `mount`, found in /proc.
+pub fn mount_pid(mount: &Path) -> Option<u32> {
+    let want = mount.as_os_str().as_encoded_bytes();
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        if args.len() > 2 && args[1] == b"mount" && args[2] == want {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// Peak resident set size of a process (VmHWM), in bytes.
+pub fn peak_rss(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = s
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// Write `len` pseudo-random bytes to `path` (fast, deterministic), returning their BLAKE3.
+pub fn write_random_file(path: &Path, len: u64, seed: u64) -> blake3::Hash {
+    use std::io::Write;
+    let mut rng = crate::tree::Rng::new(seed);
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        rng.fill(&mut buf[..n]);
+        f.write_all(&buf[..n]).unwrap();
+        h.update(&buf[..n]);
+        left -= n as u64;
+    }
+    f.flush().unwrap();
+    h.finalize()
+}
+
+/// BLAKE3 of a file, streamed.
+pub fn hash_file(path: &Path) -> blake3::Hash {
+    let mut h = blake3::Hasher::new();
+    h.update_reader(std::fs::File::open(path).unwrap()).unwrap();
+    h.finalize()
+}
