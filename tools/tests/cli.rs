@@ -74,3 +74,50 @@ fn client_commands_without_a_config_say_what_is_missing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/client.toml"), "{err}");
 }
+
+#[test]
+fn a_busy_port_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    // Hold a UDP port, then ask the coordinator to listen on it.
+    let holder = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = holder.local_addr().unwrap();
+    let cfg = dir.path().join("coordinator.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = {:?}\nlisten_addr = \"{addr}\"\n",
+            dir.path().join("c").display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = gridback()
+        .args(["coordinator", "run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("already in use") && err.contains(&addr.to_string()),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_node_config_with_unknown_settings_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("node.toml");
+    std::fs::write(
+        &cfg,
+        "data_dir = \"/tmp/x\"\ncoordinator_addr = \"127.0.0.1:1\"\ncapacty = \"1GiB\"\n",
+    )
+    .unwrap();
+    let out = gridback()
+        .args(["node", "run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("capacty"), "{err}");
+}
