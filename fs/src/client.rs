@@ -41,7 +41,7 @@ pub enum ClientError {
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
     /// The coordinator could not be reached or refused the greeting.
-    #[error("coordinator at {addr}: {source}")]
+    #[error("coordinator at {addr}: {source}{}", foreign_grid_hint(source))]
     Coordinator {
         /// Its address.
         addr: String,
@@ -57,6 +57,24 @@ pub enum ClientError {
         /// From the coordinator.
         coordinator: ClientId,
     },
+}
+
+/// A TLS failure against the coordinator usually means this client's state was made for
+/// another grid (or the coordinator's CA was replaced): say so instead of only quoting rustls.
+fn foreign_grid_hint(e: &CallError) -> &'static str {
+    let text = e.to_string();
+    let tls = [
+        "UnknownIssuer",
+        "BadCertificate",
+        "CertificateRequired",
+        "certificate",
+    ];
+    if matches!(e, CallError::Connect { .. }) && tls.iter().any(|t| text.contains(t)) {
+        " (the TLS handshake failed: this client's state directory probably belongs to another \
+         grid, or the coordinator's CA changed)"
+    } else {
+        ""
+    }
 }
 
 struct Inner {

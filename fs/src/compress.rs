@@ -81,6 +81,8 @@ thread_local! {
         const { RefCell::new([None, None]) };
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
         const { RefCell::new(None) };
+    /// Per-thread output buffer of the compressor, kept between chunks.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 fn with_compressor<T>(
@@ -114,23 +116,50 @@ fn looks_compressible(plaintext: &[u8]) -> Result<bool, CompressError> {
 
 /// Build the blob for a chunk: compressed when that pays, raw otherwise.
 pub fn encode_blob(plaintext: &[u8], level: Level) -> Result<Vec<u8>, CompressError> {
+    encode_blob_with(plaintext, level, Vec::with_capacity)
+}
+
+/// Build the blob for a chunk and append it to a buffer that `alloc(blob_len)` returns once
+/// the blob's exact size is known (the buffer may already hold a prefix and should have room
+/// for what the caller appends later), so the caller sizes its buffer exactly. A compressed
+/// body is made in a per-thread scratch buffer that is reused, so compressing does not
+/// allocate (and fault in) a fresh chunk-sized buffer per chunk.
+pub fn encode_blob_with(
+    plaintext: &[u8],
+    level: Level,
+    alloc: impl FnOnce(usize) -> Vec<u8>,
+) -> Result<Vec<u8>, CompressError> {
     let len = u32::try_from(plaintext.len())
         .ok()
         .filter(|l| *l as usize <= MAX_PLAINTEXT)
         .ok_or(CompressError::TooLarge(plaintext.len()))?;
+    // Called exactly once, on whichever path below builds the blob.
+    let mut alloc = Some(alloc);
+    let mut alloc = |n| alloc.take().expect("invariant: one blob per call")(n);
     if looks_compressible(plaintext)? {
-        let mut out =
-            Vec::with_capacity(BLOB_HEADER_LEN + zstd::zstd_safe::compress_bound(plaintext.len()));
-        out.push(FLAG_ZSTD);
-        out.extend_from_slice(&len.to_le_bytes());
-        let body = with_compressor(1, level.get(), |c| c.compress(plaintext))?;
-        // The sample can mislead; never store a compressed body larger than the raw one.
-        if body.len() < plaintext.len() {
-            out.extend_from_slice(&body);
+        let done = SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let bound = zstd::zstd_safe::compress_bound(plaintext.len());
+            scratch.clear();
+            scratch.reserve(bound);
+            let n = with_compressor(1, level.get(), |c| {
+                c.compress_to_buffer(plaintext, &mut *scratch)
+            })?;
+            // The sample can mislead; never store a compressed body larger than the raw one.
+            if n >= plaintext.len() {
+                return Ok::<_, CompressError>(None);
+            }
+            let mut out = alloc(BLOB_HEADER_LEN + n);
+            out.push(FLAG_ZSTD);
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(&scratch[..n]);
+            Ok(Some(out))
+        })?;
+        if let Some(out) = done {
             return Ok(out);
         }
     }
-    let mut out = Vec::with_capacity(BLOB_HEADER_LEN + plaintext.len());
+    let mut out = alloc(BLOB_HEADER_LEN + plaintext.len());
     out.push(0);
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(plaintext);

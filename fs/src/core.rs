@@ -89,6 +89,8 @@ pub struct FsCore {
     next_fh: AtomicU64,
     /// Serialises snapshot creation, sealing and tree imports.
     snapshot_lock: tokio::sync::Mutex<()>,
+    /// When the snapshot list was last fetched from the coordinator.
+    last_snapshot_sync: Mutex<Option<std::time::Instant>>,
     mounted_at: Time,
 }
 
@@ -124,6 +126,7 @@ impl FsCore {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             snapshot_lock: tokio::sync::Mutex::new(()),
+            last_snapshot_sync: Mutex::new(None),
             mounted_at: Time::now(),
         };
         core.recover()?;

@@ -20,7 +20,7 @@
 //! Trees and other metadata use the client's own master key with a random 24-byte nonce,
 //! prepended to the ciphertext.
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::aead::{Aead, AeadInOut, KeyInit, Payload};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 use gridback_proto::ChunkId;
 use zeroize::{Zeroize, ZeroizeOnDrop};
@@ -126,6 +126,20 @@ impl ChunkCrypto {
             .map_err(|_| CryptoError::Encrypt)
     }
 
+    /// Encrypt `blob` in place exactly as [`ChunkCrypto::seal`] does, returning the tag that
+    /// `seal` appends (so `blob ++ tag` equals `seal`'s output), without allocating.
+    pub fn seal_in_place(
+        &self,
+        id: &ChunkId,
+        blob: &mut [u8],
+    ) -> Result<[u8; TAG_LEN], CryptoError> {
+        let (cipher, nonce) = self.cipher_and_nonce(id);
+        let tag = cipher
+            .encrypt_inout_detached(&nonce, id.as_bytes(), blob.into())
+            .map_err(|_| CryptoError::Encrypt)?;
+        Ok(tag.into())
+    }
+
     /// Decrypt what [`ChunkCrypto::seal`] produced for `id`.
     pub fn open(&self, id: &ChunkId, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
         if sealed.len() < TAG_LEN {
@@ -221,6 +235,11 @@ mod tests {
         assert_eq!(id, c2.chunk_id(&pt));
         let s1 = c1.seal(&id, &pt).unwrap();
         assert_eq!(s1, c2.seal(&id, &pt).unwrap());
+        // In place gives the same bytes.
+        let mut inplace = pt.clone();
+        let tag = c1.seal_in_place(&id, &mut inplace).unwrap();
+        inplace.extend_from_slice(&tag);
+        assert_eq!(inplace, s1);
         assert_eq!(s1.len(), pt.len() + SEAL_OVERHEAD);
         assert_eq!(c2.open(&id, &s1).unwrap(), pt);
         assert!(

@@ -5,6 +5,9 @@
 //! The coordinator chooses `shard_bytes` (it must be even, non-zero, and at least
 //! `ceil(blob / k)`); [`shard_bytes_for`] is the smallest valid choice.
 
+use std::cell::RefCell;
+
+use bytes::Bytes;
 use reed_solomon_simd::{ReedSolomonDecoder, ReedSolomonEncoder};
 
 /// Errors of erasure coding.
@@ -109,8 +112,69 @@ impl ErasureParams {
     }
 }
 
-/// Split `blob` into k + m packets, in index order.
-pub fn encode(blob: &[u8], p: ErasureParams) -> Result<Vec<Vec<u8>>, ErasureError> {
+/// Bytes the packets of a `padded_len`-byte blob take laid out back to back by
+/// [`encode_in_place`] with the smallest valid packet size: one packet for replication, else
+/// k + m.
+pub fn encoded_len(padded_len: usize, k: u8, m: u8) -> usize {
+    let shard = shard_bytes_for(padded_len, k);
+    if k <= 1 {
+        shard
+    } else {
+        (usize::from(k) + usize::from(m)) * shard
+    }
+}
+
+/// A chunk's k + m packets, back to back in one shared buffer; each packet is a cheap
+/// reference-counted slice of it, so sending a packet copies nothing and the buffer is freed
+/// when the last packet is dropped.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    buf: Bytes,
+    params: ErasureParams,
+}
+
+impl Encoded {
+    /// Packet `index` (in `0..k + m`). With replication every index is the same bytes.
+    pub fn packet(&self, index: usize) -> Option<Bytes> {
+        if index >= self.params.total() {
+            return None;
+        }
+        let s = self.params.shard_bytes;
+        let at = if self.params.k == 1 { 0 } else { index * s };
+        Some(self.buf.slice(at..at + s))
+    }
+
+    /// Number of packets.
+    pub fn count(&self) -> usize {
+        self.params.total()
+    }
+
+    /// Bytes held in memory for all packets.
+    pub fn buffer_len(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+thread_local! {
+    /// Per-thread encoder: its work buffer (k + m packets) is reused between chunks instead
+    /// of being allocated and faulted in for each one.
+    static ENCODER: RefCell<Option<ReedSolomonEncoder>> = const { RefCell::new(None) };
+}
+
+/// Turn a padded blob into its packets in its own buffer: zero-extend it to k × shard_bytes
+/// (the data packets), then append the m parity packets. When `blob` has the capacity (see
+/// [`encoded_len`] and [`crate::packet::seal_chunk_for`]) nothing is reallocated or copied.
+pub fn encode_in_place(blob: Vec<u8>, p: ErasureParams) -> Result<Encoded, ErasureError> {
+    encode_in_place_with(blob, p, Bytes::from)
+}
+
+/// [`encode_in_place`], freezing the buffer with `freeze` (for example into pooled
+/// [`Bytes`] that hand the buffer back for reuse when the last packet is dropped).
+pub fn encode_in_place_with(
+    mut blob: Vec<u8>,
+    p: ErasureParams,
+    freeze: impl FnOnce(Vec<u8>) -> Bytes,
+) -> Result<Encoded, ErasureError> {
     if blob.len() > p.capacity() {
         return Err(ErasureError::Params {
             k: p.k,
@@ -119,27 +183,50 @@ pub fn encode(blob: &[u8], p: ErasureParams) -> Result<Vec<Vec<u8>>, ErasureErro
             reason: format!("blob of {} bytes does not fit", blob.len()),
         });
     }
-    let shard = |i: usize| {
-        let mut s = vec![0u8; p.shard_bytes];
-        let start = (i * p.shard_bytes).min(blob.len());
-        let end = ((i + 1) * p.shard_bytes).min(blob.len());
-        s[..end - start].copy_from_slice(&blob[start..end]);
-        s
-    };
-    if p.k == 1 {
-        return Ok((0..p.total()).map(|_| shard(0)).collect());
+    let s = p.shard_bytes;
+    let k = usize::from(p.k);
+    if k == 1 {
+        blob.resize(s, 0);
+        return Ok(Encoded {
+            buf: freeze(blob),
+            params: p,
+        });
     }
-    let data: Vec<Vec<u8>> = (0..usize::from(p.k)).map(shard).collect();
-    let mut out = data.clone();
+    blob.reserve_exact(p.total() * s - blob.len());
+    blob.resize(k * s, 0);
     if p.m > 0 {
-        let mut enc = ReedSolomonEncoder::new(p.k.into(), p.m.into(), p.shard_bytes)?;
-        for s in &data {
-            enc.add_original_shard(s)?;
-        }
-        let result = enc.encode()?;
-        out.extend(result.recovery_iter().map(<[u8]>::to_vec));
+        ENCODER.with(|cell| -> Result<(), ErasureError> {
+            let mut cell = cell.borrow_mut();
+            let enc = match cell.as_mut() {
+                Some(enc) => {
+                    enc.reset(k, p.m.into(), s)?;
+                    enc
+                }
+                None => cell.insert(ReedSolomonEncoder::new(k, p.m.into(), s)?),
+            };
+            for i in 0..k {
+                enc.add_original_shard(&blob[i * s..(i + 1) * s])?;
+            }
+            let result = enc.encode()?;
+            for r in result.recovery_iter() {
+                blob.extend_from_slice(r);
+            }
+            Ok(())
+        })?;
     }
-    Ok(out)
+    Ok(Encoded {
+        buf: freeze(blob),
+        params: p,
+    })
+}
+
+/// Split `blob` into k + m packets, in index order (copies; see [`encode_in_place`]).
+pub fn encode(blob: &[u8], p: ErasureParams) -> Result<Vec<Vec<u8>>, ErasureError> {
+    let e = encode_in_place(blob.to_vec(), p)?;
+    Ok((0..e.count())
+        .filter_map(|i| e.packet(i))
+        .map(|b| b.to_vec())
+        .collect())
 }
 
 /// Restore the k data packets' bytes (`k × shard_bytes`, blob first) from any k packets given
@@ -239,6 +326,55 @@ mod tests {
             }
         }
         assert_eq!(subsets, 15 + 6 + 1);
+    }
+
+    /// The in-place encoder must produce the same packets as a plain split plus
+    /// reed-solomon-simd's one-shot encoder, for every chunk (its per-thread encoder is reset
+    /// between chunks of different shapes), without growing a buffer sized by `encoded_len`.
+    #[test]
+    fn in_place_matches_reference_and_keeps_the_buffer() {
+        for (len, k, m) in [
+            (10_001, 4, 2),
+            (4096, 4, 2),
+            (7, 3, 0),
+            (70_000, 2, 3),
+            (5000, 1, 2),
+        ] {
+            let data = blob(len);
+            let p = ErasureParams::new(k, m, shard_bytes_for(len, k) as u64).unwrap();
+            let mut buf = Vec::with_capacity(encoded_len(len, k, m));
+            buf.extend_from_slice(&data);
+            let ptr = buf.as_ptr();
+            let e = encode_in_place(buf, p).unwrap();
+            assert_eq!(e.count(), usize::from(k + m));
+            assert_eq!(
+                e.packet(0).unwrap().as_ptr(),
+                ptr,
+                "reallocated for {len}/{k}/{m}"
+            );
+            assert!(e.packet(e.count()).is_none());
+            let s = p.shard_bytes();
+            let mut padded = data.clone();
+            padded.resize(usize::from(k) * s, 0);
+            let originals: Vec<&[u8]> = padded.chunks(s).collect();
+            for (i, want) in originals.iter().enumerate() {
+                assert_eq!(&e.packet(i).unwrap()[..], *want);
+            }
+            if k > 1 && m > 0 {
+                let rec = reed_solomon_simd::encode(k.into(), m.into(), &originals).unwrap();
+                for (j, r) in rec.iter().enumerate() {
+                    assert_eq!(&e.packet(usize::from(k) + j).unwrap()[..], &r[..]);
+                }
+            }
+            let all: Vec<(u8, Vec<u8>)> = (0..e.count())
+                .map(|i| (i as u8, e.packet(i).unwrap().to_vec()))
+                .collect();
+            let last_k: Vec<(u8, &[u8])> = all[all.len() - usize::from(k)..]
+                .iter()
+                .map(|(i, b)| (*i, &b[..]))
+                .collect();
+            assert_eq!(&decode(p, &last_k).unwrap()[..len], &data[..]);
+        }
     }
 
     #[test]

@@ -5,7 +5,10 @@
 //! `reader`. `client::GridClient` puts them behind the [`grid::Grid`] trait, which is all the
 //! filesystem core (`core::FsCore`, FUSE-free and async) needs. `fuse` is the thin kernel
 //! adapter over `FsCore`; `meta` is the client's local, crash-safe metadata (redb).
+//! `backup` and `restore` work straight against the grid and the `tree` format, without the
+//! mount, reporting through `progress`.
 
+pub mod backup;
 pub mod chunker;
 pub mod client;
 pub mod compress;
@@ -22,7 +25,9 @@ pub mod keys;
 pub mod meta;
 pub mod node_client;
 pub mod packet;
+pub mod progress;
 pub mod reader;
+pub mod restore;
 pub mod testing;
 pub mod tree;
 pub mod uploader;

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use gridback_proto::node_api::{GetPacket, PacketData, PutAck, PutPacket};
 use gridback_proto::tls::node_server_name;
 use gridback_proto::transport::{CallError, ConnPool, DEFAULT_CALL_TIMEOUT};
@@ -119,23 +120,26 @@ impl NodeClient {
     }
 
     /// Store a packet; returns the node's acknowledgement once it is durable, after checking
-    /// that the node hashed the same bytes we sent.
+    /// that the node hashed the same bytes we sent. `data` is sent as it is (quinn keeps a
+    /// reference until the node has it): the frame is a small head plus these bytes, never a
+    /// copy of them.
     pub async fn put(
         &self,
         node: NodeId,
         addr: &str,
         order: SignedOrder,
-        data: Vec<u8>,
+        data: Bytes,
     ) -> Result<PutAck, TransferError> {
         let expected = blake3::hash(&data);
         let span = debug_span!("put", node = %node, bytes = data.len());
         self.ensure_connected(node, addr).await?;
+        let head = Bytes::from(PutPacket::frame_head(&order, data.len()));
         let ack = self
             .pool
-            .call(
+            .call_encoded::<PutPacket>(
                 addr,
                 &node_server_name(node),
-                PutPacket { order, data },
+                vec![head, data],
                 self.timeout,
             )
             .instrument(span)

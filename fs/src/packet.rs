@@ -20,7 +20,9 @@
 use gridback_proto::ChunkId;
 
 use crate::compress::{self, CompressError, Level};
-use crate::crypto::{ChunkCrypto, CryptoError};
+use crate::crypto::{ChunkCrypto, CryptoError, SEAL_OVERHEAD};
+use crate::erasure;
+use crate::uploader::pool::BufferPool;
 
 /// Length prefix size.
 const PREFIX_LEN: usize = 4;
@@ -98,9 +100,42 @@ pub fn seal_chunk(
     id: &ChunkId,
     plaintext: &[u8],
 ) -> Result<Vec<u8>, PacketError> {
-    let blob = compress::encode_blob(plaintext, level)?;
-    let sealed = crypto.seal(id, &blob)?;
-    pad(&sealed)
+    seal_chunk_for(crypto, level, id, plaintext, None, None)
+}
+
+/// [`seal_chunk`] into one buffer, allocated once: the blob is compressed into it (or copied),
+/// encrypted in place, length-prefixed and padded in place. With an erasure hint `(k, m)` the
+/// buffer also has room for the erasure coder's zero fill and parity
+/// ([`erasure::encode_in_place`]), so a chunk's packets never need another allocation. The
+/// buffer comes from `pool` when one is given.
+pub fn seal_chunk_for(
+    crypto: &ChunkCrypto,
+    level: Level,
+    id: &ChunkId,
+    plaintext: &[u8],
+    erasure_hint: Option<(u8, u8)>,
+    pool: Option<&BufferPool>,
+) -> Result<Vec<u8>, PacketError> {
+    let mut buf = compress::encode_blob_with(plaintext, level, |blob_len| {
+        let padded = padded_len(blob_len + SEAL_OVERHEAD);
+        let cap = match erasure_hint {
+            Some((k, m)) => erasure::encoded_len(padded, k, m).max(padded),
+            None => padded,
+        };
+        let mut buf = match pool {
+            Some(pool) => pool.take(cap),
+            None => Vec::with_capacity(cap),
+        };
+        buf.extend_from_slice(&[0; PREFIX_LEN]);
+        buf
+    })?;
+    let tag = crypto.seal_in_place(id, &mut buf[PREFIX_LEN..])?;
+    buf.extend_from_slice(&tag);
+    let sealed_len = buf.len() - PREFIX_LEN;
+    let len = u32::try_from(sealed_len).map_err(|_| PacketError::Padding("blob too large"))?;
+    buf[..PREFIX_LEN].copy_from_slice(&len.to_le_bytes());
+    buf.resize(padded_len(sealed_len), 0);
+    Ok(buf)
 }
 
 /// Un-pad, decrypt, decompress and verify one chunk. CPU-bound: call it from a blocking
@@ -132,6 +167,18 @@ mod tests {
     use crate::keys::ClientKeys;
     use proptest::prelude::*;
 
+    fn noise(n: usize) -> Vec<u8> {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
     #[test]
     fn size_classes_are_coarse_and_cheap() {
         assert_eq!(padded_len(0), 4096);
@@ -155,6 +202,32 @@ mod tests {
         let id = crypto.chunk_id(&data);
         let padded = seal_chunk(&crypto, Level::default(), &id, &data).unwrap();
         assert_eq!(padded.len() % 4096, 0);
+        // The one-buffer path is the same bytes as seal-then-pad, with room for the packets.
+        let blob = compress::encode_blob(&data, Level::default()).unwrap();
+        assert_eq!(padded, pad(&crypto.seal(&id, &blob).unwrap()).unwrap());
+        for text in [
+            &data[..],
+            &[0x5a; 300_000][..],
+            &noise(300_000)[..],
+            &[][..],
+        ] {
+            let id = crypto.chunk_id(text);
+            let pool = BufferPool::new(1 << 30);
+            pool.give(vec![0xee; 8 << 20]);
+            let roomy = seal_chunk_for(
+                &crypto,
+                Level::default(),
+                &id,
+                text,
+                Some((4, 2)),
+                Some(&pool),
+            )
+            .unwrap();
+            let plain = seal_chunk(&crypto, Level::default(), &id, text).unwrap();
+            assert_eq!(roomy, plain);
+            assert!(roomy.capacity() >= erasure::encoded_len(roomy.len(), 4, 2));
+            assert_eq!(open_chunk(&crypto, &id, &roomy, None).unwrap(), text);
+        }
         assert_eq!(
             open_chunk(&crypto, &id, &padded, Some(data.len() as u32)).unwrap(),
             data

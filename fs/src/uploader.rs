@@ -14,13 +14,24 @@
 //! that many batches exist at once: one being chunked, one being sealed, one uploading. Slow
 //! nodes therefore stall the reader of the source stream: backpressure reaches the writer.
 //!
+//! **Copies.** A chunk is a slice of the chunker's read block (no copy). Sealing allocates one
+//! buffer per chunk, sized once for the padded blob plus the erasure zero fill and parity
+//! (`packet::seal_chunk_for`): the body is compressed into a per-thread scratch (or copied)
+//! into it, encrypted in place and padded in place, and `erasure::encode_in_place` appends
+//! the parity. Each packet is a `Bytes` slice of that buffer, sent as frame head + slice
+//! (quinn keeps a reference, no frame copy), and the buffer is freed when the chunk's last
+//! put is acknowledged. So a batch costs its plaintext while it is sealed and about
+//! (k + m) / k × its sealed size while it uploads, and nothing grows with the stream.
+//!
 //! **Pipelining.** While batch N uploads, batch N+1 is queried and sealed. Batches commit in
 //! order, so a chunk first seen in batch N can be a plain reference in batch N+1.
 
 mod batch;
+pub(crate) mod pool;
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,7 +40,7 @@ use gridback_proto::NodeId;
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{Instrument, debug, info_span};
 
-use crate::chunker::ChunkingParams;
+use crate::chunker::{Chunker, ChunkingParams};
 use crate::compress::Level;
 use crate::config::{ClientConfig, ConfigError};
 use crate::coord_client::CoordClient;
@@ -38,6 +49,7 @@ use crate::grid::{GridError, StoredData};
 use crate::node_client::NodeClient;
 
 use batch::{BatchOutcome, chunk_stream};
+use pool::BufferPool;
 
 /// Plaintext bytes per batch at most: with the default 1 MiB chunks this is the 32-chunk
 /// batch; it stops a batch of 4 MiB chunks from holding 128 MiB.
@@ -102,6 +114,11 @@ pub struct Uploader {
     cpu: Arc<Semaphore>,
     /// Nodes that failed a put recently, left out of allocations.
     failed_nodes: Mutex<HashMap<NodeId, Instant>>,
+    /// `k << 8 | m` of the last allocation (0: none yet): sealing reserves room for that many
+    /// packets in the chunk's buffer, so erasure coding fills it in place.
+    erasure_hint: AtomicU16,
+    /// Reused chunk-sized buffers (read blocks, sealed chunks); see [`pool`].
+    pool: Arc<BufferPool>,
 }
 
 /// Closes the batch semaphore when the store ends, so a chunker waiting for a permit stops.
@@ -129,6 +146,8 @@ impl Uploader {
             params,
             cpu,
             failed_nodes: Mutex::default(),
+            erasure_hint: AtomicU16::new(0),
+            pool: BufferPool::new(pool::POOL_MAX_IDLE_BYTES),
         }
     }
 
@@ -159,8 +178,10 @@ impl Uploader {
             self.params.batch_chunks.max(1),
         );
         let rt = tokio::runtime::Handle::current();
+        let pool = self.pool.clone();
         let chunker = tokio::task::spawn_blocking(move || {
-            chunk_stream(reader, chunking, &crypto, batch_chunks, &permits, &tx, &rt)
+            let chunker = Chunker::new(reader, chunking, crypto.cdc_seed()).with_pool(pool);
+            chunk_stream(chunker, &crypto, batch_chunks, &permits, &tx, &rt)
         });
 
         let mut out = StoredData::default();
@@ -205,6 +226,16 @@ impl Uploader {
     fn note_failure(&self, node: NodeId) {
         let mut f = self.failed_nodes.lock().unwrap_or_else(|p| p.into_inner());
         f.insert(node, Instant::now());
+    }
+
+    fn note_erasure(&self, k: u8, m: u8) {
+        self.erasure_hint
+            .store(u16::from(k) << 8 | u16::from(m), Ordering::Relaxed);
+    }
+
+    fn erasure_hint(&self) -> Option<(u8, u8)> {
+        let [k, m] = self.erasure_hint.load(Ordering::Relaxed).to_be_bytes();
+        (k > 0).then_some((k, m))
     }
 
     fn recent_failures(&self) -> Vec<NodeId> {

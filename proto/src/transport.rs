@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
@@ -240,10 +241,21 @@ async fn read_frame_bytes(recv: &mut quinn::RecvStream, limit: u32) -> Result<Ve
         .await
         .map_err(|e| e.to_string())?;
     let len = wire::decode_header(&header, limit).map_err(|e| e.to_string())?;
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body)
-        .await
-        .map_err(|e| e.to_string())?;
+    // Appending quinn's received chunks copies each byte once and, unlike `read_exact` into a
+    // zeroed buffer, does not write (and fault in) the whole body twice.
+    let mut body = Vec::with_capacity(len);
+    while body.len() < len {
+        match recv.read_chunk(len - body.len(), true).await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk.bytes),
+            Ok(None) => {
+                return Err(format!(
+                    "stream ended after {} of {len} body bytes",
+                    body.len()
+                ));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
     Ok(body)
 }
 
@@ -253,17 +265,29 @@ pub async fn call<R: Rpc>(
     req: R,
     timeout: Duration,
 ) -> Result<R::Response, CallError> {
+    let envelope: R::Envelope = req.into();
+    let frame = wire::encode_frame(&envelope);
+    drop(envelope);
+    call_encoded::<R>(conn, vec![Bytes::from(frame)], timeout).await
+}
+
+/// Like [`call`], for a request frame the caller has already encoded as consecutive byte
+/// chunks (for example a small head and a large payload that must not be copied: quinn keeps
+/// references to the chunks until they are acknowledged, it does not copy them). The chunks
+/// must together be exactly one frame of an `R` request.
+pub async fn call_encoded<R: Rpc>(
+    conn: &quinn::Connection,
+    mut frame: Vec<Bytes>,
+    timeout: Duration,
+) -> Result<R::Response, CallError> {
     let addr = conn.remote_address().to_string();
     let io = |e: String| CallError::Io {
         addr: addr.clone(),
         reason: e,
     };
-    let envelope: R::Envelope = req.into();
-    let frame = wire::encode_frame(&envelope);
-    drop(envelope);
     let fut = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| io(e.to_string()))?;
-        send.write_all(&frame)
+        send.write_all_chunks(&mut frame)
             .await
             .map_err(|e| io(e.to_string()))?;
         send.finish().map_err(|e| io(e.to_string()))?;
@@ -368,6 +392,22 @@ impl ConnPool {
         r
     }
 
+    /// [`call_encoded`] through the pool; an I/O failure drops the cached connection.
+    pub async fn call_encoded<R: Rpc>(
+        &self,
+        addr: &str,
+        server_name: &str,
+        frame: Vec<Bytes>,
+        timeout: Duration,
+    ) -> Result<R::Response, CallError> {
+        let conn = self.get(addr, server_name).await?;
+        let r = call_encoded::<R>(&conn, frame, timeout).await;
+        if matches!(r, Err(CallError::Io { .. } | CallError::Timeout { .. })) {
+            self.forget(addr, server_name);
+        }
+        r
+    }
+
     /// Close every connection.
     pub fn close_all(&self) {
         let mut map = self.conns.lock().unwrap_or_else(|p| p.into_inner());
@@ -409,6 +449,11 @@ pub trait Service: Send + Sync + 'static {
     type Request: DeserializeOwned + Send;
     /// Largest request frame accepted.
     const REQUEST_LIMIT: u32 = MAX_FRAME_BYTES;
+    /// Decode a request body. The default copies payload bytes out of `body`; a service whose
+    /// requests carry large payloads can override it to move them out of `body` instead.
+    fn decode(body: Vec<u8>) -> Result<Self::Request, FrameError> {
+        wire::decode_body(&body)
+    }
     /// Handle one request and return the encoded answer (see [`respond`]).
     fn handle(&self, peer: Peer, req: Self::Request) -> impl Future<Output = Vec<u8>> + Send;
 }
@@ -472,7 +517,7 @@ async fn serve_connection<S: Service>(
         tokio::spawn(
             async move {
                 let answer = match read_frame_bytes(&mut recv, S::REQUEST_LIMIT).await {
-                    Ok(body) => match wire::decode_body::<S::Request>(&body) {
+                    Ok(body) => match S::decode(body) {
                         Ok(req) => service.handle(peer, req).await,
                         Err(e) => {
                             warn!(error = %e, "malformed request");
@@ -484,7 +529,8 @@ async fn serve_connection<S: Service>(
                         respond::<()>(&Err(WireError::new(ErrorCode::BadRequest, e)))
                     }
                 };
-                if send.write_all(&answer).await.is_ok() {
+                // Handing quinn the Vec as `Bytes` moves it instead of copying it.
+                if send.write_chunk(Bytes::from(answer)).await.is_ok() {
                     let _ = send.finish();
                     // Wait until the peer has the answer, so dropping the stream cannot
                     // reset it before delivery.

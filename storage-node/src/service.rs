@@ -9,6 +9,7 @@ use gridback_proto::node_api::{
 };
 use gridback_proto::order::OrderError;
 use gridback_proto::transport::{Peer, Service, respond};
+use gridback_proto::wire::FrameError;
 use gridback_proto::{ErrorCode, NodeId, OrderOp, OrderVerifier, SignedOrder, WireError};
 use tracing::{Instrument, debug, debug_span, warn};
 
@@ -169,6 +170,11 @@ impl NodeService {
 
 impl Service for NodeService {
     type Request = NodeRequest;
+
+    fn decode(body: Vec<u8>) -> Result<NodeRequest, FrameError> {
+        // A put's packet stays in the buffer it arrived in.
+        gridback_proto::node_api::decode_request(body)
+    }
 
     async fn handle(&self, peer: Peer, req: NodeRequest) -> Vec<u8> {
         let method = match &req {

@@ -2,9 +2,16 @@
 //! `DATA/packets/<first 2 hex>/<64 hex name>`, each carrying its own checksum (see
 //! [`format`]).
 //!
-//! A put writes a temp file in the packet's directory, fsyncs it, links it into place (which
-//! fails if the name is taken, so two concurrent puts of one name cannot both win) and fsyncs
-//! the directory; only then is it acknowledged. Used bytes (file sizes, headers included) and
+//! A put of a new packet creates its file under its final name (`O_EXCL`: two puts of one
+//! name cannot both create it), writes header and data, `fdatasync`s the file and fsyncs the
+//! directory; only then is it acknowledged. Writing under the final name rather than a temp
+//! file that is then linked into place saves a link, an unlink and, on ext4, a second journal
+//! commit per packet (the directory entry is already in the commit that the file's sync
+//! forces, so the directory fsync finds nothing left to do). A crash mid-write leaves a torn
+//! file under the final name: its header length or checksum does not match, so it is never
+//! served (`Corrupt`) and a re-put replaces it through a temp file and a rename. Puts of the
+//! same name in this process are serialised by a striped lock, so a put never observes
+//! another put's half-written file. Used bytes (file sizes, headers included) and
 //! the packet count are kept in atomics: a put reserves its bytes before writing and releases
 //! them if it fails, so concurrent puts can never overshoot the capacity.
 
@@ -13,8 +20,8 @@ pub mod format;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use gridback_proto::PacketName;
 use gridback_proto::node_api::{PacketData, PutAck};
@@ -51,7 +58,13 @@ struct Inner {
     capacity_bytes: u64,
     used_bytes: AtomicU64,
     packet_count: AtomicU64,
+    /// Put locks, chosen by the first byte of the packet name.
+    put_locks: Vec<Mutex<()>>,
 }
+
+/// Stripes of the put lock: one per first byte of a name, so puts of different packets
+/// almost never wait for each other (names are uniformly random).
+const PUT_LOCK_STRIPES: usize = 256;
 
 /// What is already stored under a name a put wants.
 enum Existing {
@@ -141,11 +154,10 @@ impl Inner {
                     fs::remove_file(&path).map_err(|e| StoreError::io("remove", &path, e))?;
                     stale += 1;
                 } else if file_name.parse::<PacketName>().is_ok() {
-                    let len = entry
-                        .metadata()
-                        .map_err(|e| StoreError::io("stat", &path, e))?
-                        .len();
-                    used += len;
+                    // Counted as a put of it counted it (its header's size), so that a torn
+                    // file left by a crash is released by the same amount when a re-put
+                    // replaces it.
+                    used += counted_len(&path);
                     count += 1;
                 } else {
                     warn!(path = %path.display(), "unexpected file in the packet store, ignored");
@@ -165,6 +177,7 @@ impl Inner {
             capacity_bytes,
             used_bytes: AtomicU64::new(used),
             packet_count: AtomicU64::new(count),
+            put_locks: (0..PUT_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
         })
     }
 
@@ -220,6 +233,10 @@ impl Inner {
     }
 
     fn put(&self, name: PacketName, data: &[u8]) -> Result<PutAck, StoreError> {
+        let stripe = usize::from(name.0[0]) % PUT_LOCK_STRIPES;
+        let _lock = self.put_locks[stripe]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let header = Header::for_data(data);
         let path = self.packet_path(name);
         let ack = |already_present| PutAck {
@@ -259,7 +276,8 @@ impl Inner {
         }
     }
 
-    /// Write the packet to a temp file and move it into place. Returns false if the name was
+    /// Write the packet durably under its name: directly when the name is free, through a
+    /// temp file and a rename when replacing a corrupt file. Returns false if the name was
     /// taken meanwhile (only when not replacing).
     fn install(
         &self,
@@ -277,24 +295,33 @@ impl Inner {
                 Err(e) => return Err(StoreError::io("create", &shard, e)),
             }
         }
+        if !replace {
+            return match write_file(path, header, data) {
+                Ok(()) => fsync_dir(&shard).map(|()| true),
+                Err(WriteError::Exists) => Ok(false),
+                Err(WriteError::Failed(e)) => {
+                    // Never leave a torn file of ours under the name.
+                    let _ = fs::remove_file(path);
+                    Err(e)
+                }
+            };
+        }
         let mut nonce = [0u8; 8];
         getrandom::fill(&mut nonce).map_err(|e| StoreError::Task(e.to_string()))?;
         let temp = shard.join(format!(".{name}.{}{TEMP_SUFFIX}", hex::encode(nonce)));
-        let result = write_file(&temp, header, data).and_then(|()| {
-            if replace {
-                fs::rename(&temp, path).map_err(|e| StoreError::io("rename", path, e))?;
-            } else {
-                match fs::hard_link(&temp, path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
-                    Err(e) => return Err(StoreError::io("link", path, e)),
+        let result = write_file(&temp, header, data)
+            .map_err(|e| match e {
+                WriteError::Exists => {
+                    StoreError::Task(format!("temp file {} exists", temp.display()))
                 }
-                fs::remove_file(&temp).map_err(|e| StoreError::io("remove", &temp, e))?;
-            }
-            fsync_dir(&shard)?;
-            Ok(true)
-        });
-        if !matches!(result, Ok(true)) {
+                WriteError::Failed(e) => e,
+            })
+            .and_then(|()| {
+                fs::rename(&temp, path).map_err(|e| StoreError::io("rename", path, e))?;
+                fsync_dir(&shard)?;
+                Ok(true)
+            });
+        if result.is_err() {
             let _ = fs::remove_file(&temp);
         }
         result
@@ -339,16 +366,27 @@ fn counted_len(path: &Path) -> u64 {
     from_header.unwrap_or_else(|| fs::metadata(path).map(|m| m.len()).unwrap_or(0))
 }
 
-fn write_file(path: &Path, header: &Header, data: &[u8]) -> Result<(), StoreError> {
-    let io = |e| StoreError::io("write", path, e);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(io)?;
+/// Why [`write_file`] did not write.
+enum WriteError {
+    /// The file exists (nothing was written).
+    Exists,
+    /// Writing or syncing failed (the file may be partly written).
+    Failed(StoreError),
+}
+
+/// Create `path` (it must not exist), write header and data and make them durable. Data sync
+/// is enough: for a new file it also flushes the size, which is the only metadata a read
+/// needs; the directory entry is the caller's directory fsync.
+fn write_file(path: &Path, header: &Header, data: &[u8]) -> Result<(), WriteError> {
+    let io = |e| WriteError::Failed(StoreError::io("write", path, e));
+    let mut f = match OpenOptions::new().write(true).create_new(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => return Err(WriteError::Exists),
+        Err(e) => return Err(io(e)),
+    };
     f.write_all(&header.encode()).map_err(io)?;
     f.write_all(data).map_err(io)?;
-    f.sync_all().map_err(io)
+    f.sync_data().map_err(io)
 }
 
 /// Read and verify one packet file.

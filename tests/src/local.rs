@@ -209,8 +209,12 @@ pub fn cp_a(src: &Path, dst: &Path) {
 pub fn mount_pid(mount: &Path) -> Option<u32> {
     let want = mount.as_os_str().as_encoded_bytes();
     for e in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
         let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
         if args.len() > 2 && args[1] == b"mount" && args[2] == want {
             return Some(pid);

@@ -7,7 +7,10 @@ use gridback_tests::local::{LocalGridProcess, hash_file, mount_pid, peak_rss, wr
 
 /// Size of the large file: `GRIDBACK_TEST_LARGE_GIB` GiB (default 2).
 fn large_bytes() -> u64 {
-    let gib: f64 = std::env::var("GRIDBACK_TEST_LARGE_GIB").ok().and_then(|v| v.parse().ok()).unwrap_or(2.0);
+    let gib: f64 = std::env::var("GRIDBACK_TEST_LARGE_GIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2.0);
     (gib * (1u64 << 30) as f64) as u64
 }
 
@@ -48,7 +51,15 @@ fn a_multi_gib_file_reads_back_identical_with_bounded_mount_memory() {
     );
 
     assert_eq!(std::fs::metadata(snap.join("big.bin")).unwrap().len(), len);
-    assert_eq!(hash_file(&snap.join("big.bin")), big_hash, "big file differs");
-    assert_eq!(hash_file(&snap.join("warm.bin")), small_hash, "warm-up file differs");
+    assert_eq!(
+        hash_file(&snap.join("big.bin")),
+        big_hash,
+        "big file differs"
+    );
+    assert_eq!(
+        hash_file(&snap.join("warm.bin")),
+        small_hash,
+        "warm-up file differs"
+    );
     grid.stop();
 }

@@ -43,6 +43,10 @@ pub enum Command {
     Snapshot(SnapshotCmd),
     /// Show the grid: coordinator, nodes, capacity, health.
     Status(StatusArgs),
+    /// Back up a directory into a new sealed snapshot, without the mount.
+    Backup(BackupArgs),
+    /// Restore a sealed snapshot (or a path inside it) into a directory.
+    Restore(RestoreArgs),
     /// Measure throughput, CPU and memory of a local grid.
     Bench(BenchArgs),
     /// Print a configuration file with every default filled in.
@@ -186,6 +190,47 @@ pub struct StatusArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Directory to back up.
+    pub path: PathBuf,
+    /// Name of the new snapshot.
+    #[arg(long, value_name = "NAME")]
+    pub snapshot: String,
+    /// Previous backup of the same directory: files with the same path, size, mtime and
+    /// inode number are not read again.
+    #[arg(long, value_name = "OLD")]
+    pub from: Option<String>,
+    /// Leave out paths matching this glob (relative to PATH, or an entry's name; `*`
+    /// matches `/` too). Repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Print a one-line JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub config: ClientConfigArg,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// What to restore: SNAPSHOT, or SNAPSHOT/PATH for one directory, file or symlink.
+    #[arg(value_name = "SNAPSHOT[/PATH]")]
+    pub source: String,
+    /// Directory to restore into (created if missing; must be empty unless --overwrite or
+    /// resuming an interrupted restore of the same SNAPSHOT[/PATH]).
+    pub dest: PathBuf,
+    /// Write into a non-empty DEST: files with the same size and mtime are kept, others
+    /// replaced; nothing is deleted.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Print a one-line JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub config: ClientConfigArg,
 }
 
 #[derive(Debug, Args)]

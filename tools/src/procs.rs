@@ -2,6 +2,7 @@
 //! a log file, check it is alive, stop it politely (SIGTERM) and then firmly (SIGKILL).
 
 use std::fs::File;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -31,7 +32,10 @@ impl Proc {
             .open(log)
             .with_context(|| format!("cannot open log {}", log.display()))?;
         let err = out.try_clone()?;
+        // Own process group: a Ctrl-C in the terminal reaches only `local up`, which then
+        // stops the children in order (mount first, coordinator last).
         let child = Command::new(exe)
+            .process_group(0)
             .args(args)
             .stdin(Stdio::null())
             .stdout(out)

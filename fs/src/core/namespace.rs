@@ -7,6 +7,9 @@ use crate::meta::{Inode, Kind, ROOT_INO, SNAPSHOTS_INO, Time};
 /// Name of the one entry in the mount root.
 pub const SNAPSHOTS_DIR: &[u8] = b"snapshots";
 
+/// Why the mount root and `snapshots/` itself cannot change.
+const MOUNT_ROOT_READ_ONLY: &str = "the mount root and snapshots/ are read-only";
+
 /// Attribute changes of a setattr.
 #[derive(Debug, Clone, Default)]
 pub struct SetAttr {
@@ -114,13 +117,35 @@ impl FsCore {
         }
     }
 
+    /// A directory whose entries may change: EROFS in the mount root, EPERM in `snapshots/`
+    /// (which holds only snapshots, made with mkdir), EROFS in a sealed snapshot.
     fn writable_dir(&self, parent: u64) -> Result<Inode, FsError> {
+        match parent {
+            ROOT_INO => return Err(FsError::ReadOnly(MOUNT_ROOT_READ_ONLY)),
+            SNAPSHOTS_INO => {
+                return Err(FsError::NotPermitted(
+                    "snapshots/ holds only snapshots: mkdir opens one, `gridback snapshot` manages them",
+                ));
+            }
+            _ => {}
+        }
         let dir = self.load_inode(parent)?;
         if dir.kind != Kind::Dir {
             return Err(FsError::NotDir);
         }
         self.check_writable(parent, &dir)?;
         Ok(dir)
+    }
+
+    /// An inode whose attributes may change: the two fixed directories never, snapshot
+    /// contents while their snapshot is open.
+    fn writable_inode(&self, ino: u64) -> Result<Inode, FsError> {
+        if ino == ROOT_INO || ino == SNAPSHOTS_INO {
+            return Err(FsError::ReadOnly(MOUNT_ROOT_READ_ONLY));
+        }
+        let inode = self.load_inode(ino)?;
+        self.check_writable(ino, &inode)?;
+        Ok(inode)
     }
 
     /// Create a directory (a new snapshot when `parent` is `snapshots/`).
@@ -139,9 +164,6 @@ impl FsCore {
                 .create_snapshot(name, None, (mode & 0o7777) as u16, owner)
                 .await?;
             return self.getattr(root).await;
-        }
-        if parent == ROOT_INO {
-            return Err(FsError::NotPermitted("create snapshots under snapshots/"));
         }
         let mut dir = self.writable_dir(parent)?;
         let mut tx = self.meta.write()?;
@@ -267,7 +289,7 @@ impl FsCore {
     pub async fn rmdir(&self, parent: u64, name: &[u8]) -> Result<(), FsError> {
         if parent == SNAPSHOTS_INO {
             return Err(FsError::NotPermitted(
-                "use `gridback snapshot delete` to remove snapshots",
+                "snapshots cannot be removed through the mount",
             ));
         }
         let mut dir = self.writable_dir(parent)?;
@@ -375,8 +397,7 @@ impl FsCore {
 
     /// Change attributes.
     pub async fn setattr(&self, ino: u64, set: SetAttr) -> Result<Attr, FsError> {
-        let inode = self.load_inode(ino)?;
-        self.check_writable(ino, &inode)?;
+        let inode = self.writable_inode(ino)?;
         if let Some(size) = set.size {
             if inode.kind == Kind::Dir {
                 return Err(FsError::IsDir);
@@ -418,8 +439,7 @@ impl FsCore {
         flags: i32,
     ) -> Result<(), FsError> {
         check_xattr_name(name)?;
-        let mut inode = self.load_inode(ino)?;
-        self.check_writable(ino, &inode)?;
+        let mut inode = self.writable_inode(ino)?;
         let exists = inode.xattrs.contains_key(name);
         if flags & libc::XATTR_CREATE != 0 && exists {
             return Err(FsError::Exists);
@@ -457,8 +477,7 @@ impl FsCore {
 
     /// Remove an extended attribute.
     pub async fn removexattr(&self, ino: u64, name: &[u8]) -> Result<(), FsError> {
-        let mut inode = self.load_inode(ino)?;
-        self.check_writable(ino, &inode)?;
+        let mut inode = self.writable_inode(ino)?;
         if inode.xattrs.remove(name).is_none() {
             return Err(FsError::NoAttr);
         }

@@ -14,6 +14,8 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use tokio::sync::OwnedMutexGuard;
+
 use super::{Attr, FsCore, FsError};
 use crate::grid::ChunkRef;
 use crate::meta::{Inode, Kind, Time};
@@ -33,6 +35,9 @@ struct FileState {
     pending_mtime: Option<Time>,
     /// Open handles.
     handles: u32,
+    /// Dropped from `FsCore::open_files`: whoever still holds this `Arc` must fetch a fresh
+    /// one (an `open` racing with the release of the previous handle).
+    retired: bool,
 }
 
 /// A file with open handles or pending writes.
@@ -40,7 +45,7 @@ struct FileState {
 pub struct OpenFile {
     ino: u64,
     spool_path: PathBuf,
-    state: tokio::sync::Mutex<FileState>,
+    state: Arc<tokio::sync::Mutex<FileState>>,
 }
 
 impl OpenFile {
@@ -106,10 +111,31 @@ impl FsCore {
                 Arc::new(OpenFile {
                     ino,
                     spool_path: self.spool_dir.join(ino.to_string()),
-                    state: tokio::sync::Mutex::new(FileState::default()),
+                    state: Arc::new(tokio::sync::Mutex::new(FileState::default())),
                 })
             })
             .clone()
+    }
+
+    /// The open file of `ino`, locked, never a retired one.
+    async fn lock_live(&self, ino: u64) -> (Arc<OpenFile>, OwnedMutexGuard<FileState>) {
+        loop {
+            let of = self.open_file(ino);
+            let st = of.state.clone().lock_owned().await;
+            if !st.retired {
+                return (of, st);
+            }
+            drop(st);
+            self.unmap(&of);
+        }
+    }
+
+    /// Remove `of` from the map if it is still the entry for its inode.
+    fn unmap(&self, of: &Arc<OpenFile>) {
+        let mut m = self.open_files.lock().unwrap_or_else(|p| p.into_inner());
+        if m.get(&of.ino).is_some_and(|cur| Arc::ptr_eq(cur, of)) {
+            m.remove(&of.ino);
+        }
     }
 
     fn layout(&self, ino: u64) -> Result<Arc<Layout>, FsError> {
@@ -158,8 +184,7 @@ impl FsCore {
         if write {
             self.check_writable(ino, &inode)?;
         }
-        let of = self.open_file(ino);
-        let mut st = of.state.lock().await;
+        let (of, mut st) = self.lock_live(ino).await;
         st.handles += 1;
         if write && truncate {
             self.ensure_spool(&of, &mut st, false).await?;
@@ -176,8 +201,7 @@ impl FsCore {
 
     /// Register a handle for a freshly created file.
     pub(super) async fn open_created(&self, ino: u64) -> Result<u64, FsError> {
-        let of = self.open_file(ino);
-        let mut st = of.state.lock().await;
+        let (of, mut st) = self.lock_live(ino).await;
         st.handles += 1;
         self.ensure_spool(&of, &mut st, false).await?;
         drop(st);
@@ -190,8 +214,7 @@ impl FsCore {
         if !h.write {
             return Err(FsError::BadHandle);
         }
-        let of = self.open_file(h.ino);
-        let mut st = of.state.lock().await;
+        let (of, mut st) = self.lock_live(h.ino).await;
         self.ensure_spool(&of, &mut st, true).await?;
         let spool = st.spool.as_ref().ok_or(FsError::BadHandle)?;
         spool.write_all_at(data, offset)?;
@@ -369,11 +392,9 @@ impl FsCore {
                 Err(e) => return Err(e.into()),
             }
         }
+        st.retired = true;
         drop(st);
-        self.open_files
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&of.ino);
+        self.unmap(of);
         if let Some(inode) = self.meta.inode(of.ino)?
             && inode.nlink == 0
         {
@@ -386,9 +407,9 @@ impl FsCore {
 
     /// Change the size of a file (truncate up or down), open or not.
     pub(super) async fn set_size(&self, ino: u64, size: u64) -> Result<(), FsError> {
-        let of = self.open_file(ino);
+        let (of, st) = self.lock_live(ino).await;
         let no_handles = {
-            let mut st = of.state.lock().await;
+            let mut st = st;
             self.ensure_spool(&of, &mut st, size > 0).await?;
             if let Some(f) = &st.spool {
                 f.set_len(size)?;

@@ -12,6 +12,11 @@ use crate::grid::GridError;
 use crate::meta::{Inode, Kind, LocalSnapshot, LocalState, SNAPSHOTS_INO, Time};
 use crate::tree::{self, TreeNode, TreeV1};
 
+/// How often `snapshots/` asks the coordinator for snapshots created elsewhere (by
+/// `gridback backup` or another machine): often enough to feel live, rarely enough that a
+/// `find` over the mount does not turn into a stream of coordinator calls.
+const SNAPSHOT_REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What a seal did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SealReport {
@@ -64,6 +69,21 @@ impl FsCore {
         Ok(())
     }
 
+    /// [`Self::sync_snapshots`], at most once per [`SNAPSHOT_REFRESH_INTERVAL`].
+    async fn refresh_snapshots(&self) -> Result<(), FsError> {
+        {
+            let mut last = self
+                .last_snapshot_sync
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < SNAPSHOT_REFRESH_INTERVAL) {
+                return Ok(());
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        self.sync_snapshots().await
+    }
+
     /// Name of the snapshot rooted at `root`.
     pub(super) fn snapshot_name(&self, root: u64) -> Result<String, FsError> {
         self.meta
@@ -76,7 +96,14 @@ impl FsCore {
 
     /// Root inode of a snapshot, importing its tree first if it is not cached locally.
     pub(super) async fn snapshot_root(&self, name: &str) -> Result<u64, FsError> {
-        let local = self.meta.snapshot(name)?.ok_or(FsError::NotFound)?;
+        let local = match self.meta.snapshot(name)? {
+            Some(l) => l,
+            None => {
+                // Perhaps created elsewhere since the mount started (`gridback backup`).
+                self.refresh_snapshots().await?;
+                self.meta.snapshot(name)?.ok_or(FsError::NotFound)?
+            }
+        };
         if let Some(root) = local.root {
             return Ok(root);
         }
@@ -287,6 +314,10 @@ impl FsCore {
 
     /// Entries of `snapshots/`.
     pub(super) async fn list_snapshot_dirs(&self) -> Result<Vec<DirEntry>, FsError> {
+        if let Err(e) = self.refresh_snapshots().await {
+            // Listing what is known locally beats failing `ls` when the coordinator is away.
+            tracing::warn!(error = %e, "cannot refresh the snapshot list");
+        }
         let mut out = Vec::new();
         for (name, _) in self.meta.snapshots()? {
             match self.snapshot_root(&name).await {

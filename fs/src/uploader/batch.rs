@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::io::Read;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use gridback_proto::coord_api::{
     Allocation, ChunkAlloc, ChunkCommit, PacketPlacement, ReplaceTargets, Target,
@@ -14,16 +15,16 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{Instrument, debug_span, error, warn};
 
 use super::{MAX_BATCH_BYTES, MAX_PUT_ATTEMPTS, Uploader};
-use crate::chunker::{Chunker, ChunkingParams};
+use crate::chunker::Chunker;
 use crate::coord_client::grid_error;
 use crate::crypto::ChunkCrypto;
-use crate::erasure::{self, ErasureParams};
+use crate::erasure::{self, Encoded, ErasureParams};
 use crate::grid::{ChunkRef, GridError, StoredData};
 use crate::packet;
 
 /// Chunks read from the stream, with their ids.
 pub(super) struct RawBatch {
-    chunks: Vec<(ChunkId, Vec<u8>)>,
+    chunks: Vec<(ChunkId, Bytes)>,
     permit: OwnedSemaphorePermit,
 }
 
@@ -59,28 +60,27 @@ impl BatchOutcome {
     }
 }
 
-/// One chunk's packets while they upload.
+/// One chunk while its packets upload. The packets themselves travel with their put jobs
+/// (slices of one buffer per chunk), so the buffer is freed as soon as the last put of the
+/// chunk is acknowledged, not when the whole batch is committed.
 struct ChunkUpload {
     id: ChunkId,
     k: u8,
     m: u8,
     shard_bytes: u64,
-    packets: Vec<Vec<u8>>,
     /// Nodes holding (or about to hold) a packet of this chunk, and nodes that failed.
     used: Mutex<HashSet<NodeId>>,
 }
 
 /// Body of the blocking chunker thread: read, cut, identify, and hand over full batches.
 pub(super) fn chunk_stream(
-    reader: Box<dyn Read + Send>,
-    params: ChunkingParams,
+    mut chunker: Chunker<Box<dyn Read + Send>>,
     crypto: &ChunkCrypto,
     batch_chunks: usize,
     permits: &Arc<Semaphore>,
     tx: &mpsc::Sender<Result<RawBatch, GridError>>,
     rt: &tokio::runtime::Handle,
 ) {
-    let mut chunker = Chunker::new(reader, params, crypto.cdc_seed());
     loop {
         // Closed when the store ends: stop quietly.
         let Ok(permit) = rt.block_on(permits.clone().acquire_owned()) else {
@@ -163,19 +163,22 @@ impl Uploader {
         })
     }
 
-    async fn seal(&self, id: ChunkId, data: Vec<u8>) -> Result<SealedChunk, GridError> {
+    async fn seal(&self, id: ChunkId, data: Bytes) -> Result<SealedChunk, GridError> {
         let _cpu = self
             .cpu
             .acquire()
             .await
             .map_err(|_| GridError::Internal("CPU pool closed".into()))?;
         let (crypto, level) = (self.crypto.clone(), self.params.level);
+        let hint = self.erasure_hint();
+        let pool = self.pool.clone();
         let len = data.len() as u32;
-        let blob =
-            tokio::task::spawn_blocking(move || packet::seal_chunk(&crypto, level, &id, &data))
-                .await
-                .map_err(join_error)?
-                .map_err(|e| GridError::Internal(format!("sealing chunk {id:?}: {e}")))?;
+        let blob = tokio::task::spawn_blocking(move || {
+            packet::seal_chunk_for(&crypto, level, &id, &data, hint, Some(&pool))
+        })
+        .await
+        .map_err(join_error)?
+        .map_err(|e| GridError::Internal(format!("sealing chunk {id:?}: {e}")))?;
         Ok(SealedChunk { id, len, blob })
     }
 
@@ -209,15 +212,22 @@ impl Uploader {
                 new.into_iter().zip(allocs).map(|(c, a)| self.encode(c, a)),
             )
             .await?;
-            let jobs: Vec<(usize, Arc<ChunkUpload>, Target)> = encoded
-                .iter()
-                .enumerate()
-                .flat_map(|(i, (up, targets))| {
-                    targets.iter().map(move |t| (i, up.clone(), t.clone()))
-                })
-                .collect();
+            let mut jobs: Vec<(usize, Arc<ChunkUpload>, Target, Bytes)> = Vec::new();
+            let mut uploads = Vec::with_capacity(encoded.len());
+            for (i, (up, targets, packets)) in encoded.into_iter().enumerate() {
+                for t in targets {
+                    let data = packets.packet(usize::from(t.index)).ok_or_else(|| {
+                        GridError::Internal(format!("no packet {} of chunk {:?}", t.index, up.id))
+                    })?;
+                    jobs.push((i, up.clone(), t, data));
+                }
+                uploads.push(up);
+            }
+            let encoded = uploads;
             let placed: Vec<(usize, PacketPlacement)> = futures::stream::iter(jobs)
-                .map(|(i, up, t)| async move { self.put_packet(&up, t).await.map(|p| (i, p)) })
+                .map(|(i, up, t, data)| async move {
+                    self.put_packet(&up, t, data).await.map(|p| (i, p))
+                })
                 .buffer_unordered(self.params.upload_concurrency.max(1))
                 .try_collect()
                 .await?;
@@ -225,7 +235,7 @@ impl Uploader {
             for (i, p) in placed {
                 per_chunk[i].push(p);
             }
-            for ((up, _), mut packets) in encoded.iter().zip(per_chunk) {
+            for (up, mut packets) in encoded.iter().zip(per_chunk) {
                 packets.sort_by_key(|p| p.index);
                 outcome.uploaded_bytes += up.shard_bytes * packets.len() as u64;
                 let (k, m, shard_bytes) = (up.k, up.m, up.shard_bytes);
@@ -252,7 +262,7 @@ impl Uploader {
         &self,
         chunk: SealedChunk,
         alloc: Allocation,
-    ) -> Result<(Arc<ChunkUpload>, Vec<Target>), GridError> {
+    ) -> Result<(Arc<ChunkUpload>, Vec<Target>, Encoded), GridError> {
         let id = chunk.id;
         let bad =
             |reason: String| GridError::Internal(format!("allocation for chunk {id:?}: {reason}"));
@@ -279,20 +289,23 @@ impl Uploader {
             .acquire()
             .await
             .map_err(|_| GridError::Internal("CPU pool closed".into()))?;
-        let packets = tokio::task::spawn_blocking(move || erasure::encode(&chunk.blob, params))
-            .await
-            .map_err(join_error)?
-            .map_err(|e| bad(e.to_string()))?;
+        self.note_erasure(alloc.k, alloc.m);
+        let pool = self.pool.clone();
+        let packets = tokio::task::spawn_blocking(move || {
+            erasure::encode_in_place_with(chunk.blob, params, |b| pool.into_bytes(b))
+        })
+        .await
+        .map_err(join_error)?
+        .map_err(|e| bad(e.to_string()))?;
         let used = alloc.targets.iter().map(|t| t.node).collect();
         let up = ChunkUpload {
             id,
             k: alloc.k,
             m: alloc.m,
             shard_bytes: alloc.shard_bytes,
-            packets,
             used: Mutex::new(used),
         };
-        Ok((Arc::new(up), alloc.targets))
+        Ok((Arc::new(up), alloc.targets, packets))
     }
 
     /// Put one packet, moving it to a replacement target when a node fails.
@@ -300,10 +313,10 @@ impl Uploader {
         &self,
         up: &ChunkUpload,
         mut target: Target,
+        data: Bytes,
     ) -> Result<PacketPlacement, GridError> {
         let index = target.index;
         let id = up.id;
-        let data = &up.packets[usize::from(index)];
         let mut attempt = 0;
         loop {
             attempt += 1;

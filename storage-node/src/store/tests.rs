@@ -191,3 +191,39 @@ async fn reopen_recounts_usage_and_removes_stale_temp_files() {
         );
     }
 }
+
+/// Puts write straight under the packet's final name, so a crash in the middle of a put
+/// leaves a torn file there (a prefix of the packet file, possibly without a full header).
+/// After a restart such a file must never be served, an acknowledged neighbour must survive,
+/// and a re-put (the client's retry) must replace the torn file and be counted once.
+#[tokio::test]
+async fn torn_put_under_the_final_name_is_detected_after_reopen_and_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let (acked, torn) = (PacketName::random(), PacketName::random());
+    let data = packet(10_000, 3);
+    let full_file = {
+        let s = open(dir.path(), 1 << 20).await;
+        s.put(acked, packet(5000, 1)).await.unwrap();
+        s.put(torn, data.clone()).await.unwrap();
+        fs::read(s.packet_path(torn)).unwrap()
+    };
+    for cut in [0, 20, HEADER_LEN, HEADER_LEN + 9_999] {
+        let s = open(dir.path(), 1 << 20).await;
+        fs::write(s.packet_path(torn), &full_file[..cut]).unwrap();
+        let s = open(dir.path(), 1 << 20).await;
+        assert!(
+            matches!(s.get(torn).await, Err(StoreError::Corrupt { .. })),
+            "torn at {cut} bytes was served"
+        );
+        assert_eq!(s.get(acked).await.unwrap().data, packet(5000, 1));
+        let ack = s.put(torn, data.clone()).await.unwrap();
+        assert!(!ack.already_present, "torn at {cut}");
+        assert_eq!(s.get(torn).await.unwrap().data, data);
+        assert_eq!(s.usage().packet_count, 2);
+        assert_eq!(
+            s.usage().used_bytes,
+            (5000 + 10_000 + 2 * HEADER_LEN) as u64,
+            "torn at {cut}"
+        );
+    }
+}

@@ -10,7 +10,7 @@ use tracing::Instrument;
 use crate::cli::{CoordinatorCmd, NodeCmd};
 
 /// `gridback coordinator run`.
-pub async fn coordinator(cmd: CoordinatorCmd) -> Result<ExitCode> {
+pub async fn coordinator(cmd: CoordinatorCmd, stop: &super::StopSignal) -> Result<ExitCode> {
     let CoordinatorCmd::Run { config } = cmd;
     let cfg = gridback_coordinator::CoordinatorConfig::load(&config)
         .with_context(|| format!("cannot load {}", config.display()))?;
@@ -18,7 +18,7 @@ pub async fn coordinator(cmd: CoordinatorCmd) -> Result<ExitCode> {
     tracing::info!(addr = %server.local_addr(), grid = %hex::encode(server.grid_id()), "coordinator listening");
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(server.run(shutdown.clone()));
-    super::stop_signal().await;
+    stop.wait().await;
     tracing::info!("stopping");
     shutdown.cancel();
     task.await.context("coordinator task failed")?;
@@ -26,7 +26,7 @@ pub async fn coordinator(cmd: CoordinatorCmd) -> Result<ExitCode> {
 }
 
 /// `gridback node run`.
-pub async fn node(cmd: NodeCmd) -> Result<ExitCode> {
+pub async fn node(cmd: NodeCmd, stop: &super::StopSignal) -> Result<ExitCode> {
     let NodeCmd::Run { config } = cmd;
     let cfg = gridback_storage_node::NodeConfig::load(&config)
         .with_context(|| format!("cannot load {}", config.display()))?;
@@ -39,7 +39,7 @@ pub async fn node(cmd: NodeCmd) -> Result<ExitCode> {
     let shutdown = CancellationToken::new();
     let mut task = tokio::spawn(server.run(shutdown.clone()));
     tokio::select! {
-        _ = super::stop_signal() => {}
+        _ = stop.wait() => {}
         r = &mut task => {
             // The node stopped on its own (a fatal error, e.g. a data dir of another grid).
             return r.context("node task failed")?.context("node failed").map(|()| ExitCode::FAILURE);

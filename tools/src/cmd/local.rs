@@ -314,7 +314,7 @@ pub async fn mount(grid: &mut LocalGrid, mountpoint: &Path) -> Result<()> {
 }
 
 /// `gridback local up`.
-pub async fn up(args: LocalUpArgs) -> Result<ExitCode> {
+pub async fn up(args: LocalUpArgs, stop: &super::StopSignal) -> Result<ExitCode> {
     check_mountpoint(&args.mount)?;
     let mountpoint = args.mount.canonicalize()?;
     let opts = StartOptions {
@@ -336,7 +336,7 @@ pub async fn up(args: LocalUpArgs) -> Result<ExitCode> {
     // Run until asked to stop, or until a process we cannot do without dies.
     let code = loop {
         tokio::select! {
-            _ = super::stop_signal() => break ExitCode::SUCCESS,
+            _ = stop.wait() => break ExitCode::SUCCESS,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
         if let Some(m) = &mut grid.mount

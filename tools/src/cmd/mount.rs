@@ -36,7 +36,7 @@ pub async fn open_core(cfg: &ClientConfig) -> Result<Arc<FsCore>> {
 }
 
 /// `gridback mount`.
-pub async fn run(args: MountArgs) -> Result<ExitCode> {
+pub async fn run(args: MountArgs, stop: &super::StopSignal) -> Result<ExitCode> {
     let cfg = ClientConfig::load(&args.config.config)?;
     super::local::check_mountpoint(&args.mountpoint)?;
     let core = open_core(&cfg).await?;
@@ -60,7 +60,7 @@ pub async fn run(args: MountArgs) -> Result<ExitCode> {
     println!("mounted at {}", args.mountpoint.display());
     loop {
         tokio::select! {
-            _ = super::stop_signal() => break,
+            _ = stop.wait() => break,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
         if session.guard.is_finished() {

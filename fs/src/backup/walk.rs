@@ -1,0 +1,327 @@
+//! The directory walk of a backup (blocking; runs on one blocking thread): builds the tree's
+//! nodes, decides which files are unchanged since the previous backup, and hands every other
+//! file to the uploads as soon as it is found.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::fs::Metadata;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use globset::GlobSet;
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use super::BackupError;
+use crate::grid::ChunkRef;
+use crate::meta::{Inode, Kind, Time};
+use crate::progress::Progress;
+use crate::tree::{SourceId, TreeNode, TreeV1};
+
+/// A file that must be read and stored.
+#[derive(Debug)]
+pub(super) struct FileJob {
+    /// Its node's index in the tree.
+    pub index: usize,
+    /// Where it is.
+    pub path: PathBuf,
+    /// Size when walked.
+    pub size: u64,
+}
+
+/// What the walk produced.
+#[derive(Debug, Default)]
+pub(super) struct Walked {
+    pub nodes: Vec<TreeNode>,
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub skipped_unchanged: u64,
+    pub skipped_unchanged_bytes: u64,
+    pub excluded: u64,
+    pub special: u64,
+    pub warnings: u64,
+}
+
+/// A file of the previous backup, by relative path.
+#[derive(Debug)]
+pub(super) struct OldFile {
+    size: u64,
+    mtime: Time,
+    ino: u64,
+    chunks: Vec<ChunkRef>,
+}
+
+/// Files of the previous backup that carry a source identity, by relative path (`a/b/c`).
+pub(super) fn old_files(tree: &TreeV1) -> HashMap<Vec<u8>, OldFile> {
+    let mut paths: Vec<Vec<u8>> = Vec::with_capacity(tree.nodes.len());
+    let mut out = HashMap::new();
+    for (i, n) in tree.nodes.iter().enumerate() {
+        let path = if i == 0 {
+            Vec::new()
+        } else {
+            join(&paths[n.parent as usize], &n.name)
+        };
+        if let (Kind::File, Some(src)) = (n.inode.kind, n.source) {
+            out.insert(
+                path.clone(),
+                OldFile {
+                    size: n.inode.size,
+                    mtime: n.inode.mtime,
+                    ino: src.ino,
+                    chunks: n.chunks.clone(),
+                },
+            );
+        }
+        paths.push(path);
+    }
+    out
+}
+
+fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
+    if parent.is_empty() {
+        return name.to_vec();
+    }
+    let mut p = Vec::with_capacity(parent.len() + 1 + name.len());
+    p.extend_from_slice(parent);
+    p.push(b'/');
+    p.extend_from_slice(name);
+    p
+}
+
+fn time(secs: i64, nanos: i64) -> Time {
+    Time {
+        secs,
+        nanos: nanos.clamp(0, 999_999_999) as u32,
+    }
+}
+
+fn inode_of(meta: &Metadata, kind: Kind, path: &Path, w: &mut Walked) -> Inode {
+    let symlink = if kind == Kind::Symlink {
+        match std::fs::read_link(path) {
+            Ok(t) => Some(t.into_os_string().into_vec()),
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "cannot read symlink");
+                w.warnings += 1;
+                Some(Vec::new())
+            }
+        }
+    } else {
+        None
+    };
+    let size = match kind {
+        Kind::File => meta.len(),
+        Kind::Symlink => symlink.as_ref().map_or(0, |t| t.len() as u64),
+        Kind::Dir => 0,
+    };
+    Inode {
+        kind,
+        perm: (meta.mode() & 0o7777) as u16,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        size,
+        atime: time(meta.atime(), meta.atime_nsec()),
+        mtime: time(meta.mtime(), meta.mtime_nsec()),
+        ctime: time(meta.ctime(), meta.ctime_nsec()),
+        nlink: if kind == Kind::Dir { 2 } else { 1 },
+        parent: 0,
+        snapshot: 0,
+        symlink,
+        xattrs: if kind == Kind::Symlink {
+            BTreeMap::new()
+        } else {
+            user_xattrs(path, w)
+        },
+        provisional: false,
+    }
+}
+
+/// The `user.*` extended attributes of `path` (others need privileges or belong to the
+/// filesystem, and are not backed up). Unreadable ones are skipped with a warning.
+pub(super) fn user_xattrs(path: &Path, w: &mut Walked) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let names = match rustix::fs::llistxattr_query(path) {
+        Ok(0) | Err(_) => return out, // none, or the filesystem has no xattrs
+        Ok(n) => {
+            let mut buf = vec![0u8; n];
+            match rustix::fs::llistxattr(path, &mut buf[..]) {
+                Ok(n) => {
+                    buf.truncate(n);
+                    buf
+                }
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "cannot list xattrs");
+                    w.warnings += 1;
+                    return out;
+                }
+            }
+        }
+    };
+    for name in names.split(|b| *b == 0) {
+        if !name.starts_with(b"user.") {
+            continue;
+        }
+        let key = OsStr::from_bytes(name);
+        let value = rustix::fs::lgetxattr_query(path, key).and_then(|n| {
+            let mut v = vec![0u8; n];
+            let n = rustix::fs::lgetxattr(path, key, &mut v[..])?;
+            v.truncate(n);
+            Ok(v)
+        });
+        match value {
+            Ok(v) => {
+                out.insert(name.to_vec(), v);
+            }
+            Err(e) => {
+                warn!(path = %path.display(), xattr = %key.to_string_lossy(), error = %e, "cannot read xattr");
+                w.warnings += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Everything the walk needs besides the root.
+pub(super) struct WalkParams<'a> {
+    pub excludes: &'a GlobSet,
+    pub old: &'a HashMap<Vec<u8>, OldFile>,
+    pub jobs: mpsc::Sender<FileJob>,
+    pub progress: Arc<dyn Progress>,
+}
+
+/// Walk `root` (a directory). Children of a directory are visited in name order; every
+/// parent's index is smaller than its children's, as the tree format requires.
+pub(super) fn walk(root: &Path, p: WalkParams<'_>) -> Result<Walked, BackupError> {
+    let mut w = Walked::default();
+    let meta = std::fs::symlink_metadata(root).map_err(|source| BackupError::Source {
+        path: root.to_path_buf(),
+        source,
+    })?;
+    if !meta.is_dir() {
+        return Err(BackupError::NotADirectory(root.to_path_buf()));
+    }
+    let root_inode = inode_of(&meta, Kind::Dir, root, &mut w);
+    w.nodes.push(TreeNode {
+        parent: 0,
+        name: Vec::new(),
+        inode: root_inode,
+        chunks: Vec::new(),
+        source: Some(source_of(&meta)),
+    });
+    w.dirs += 1;
+    // (directory path, its relative path, its node index)
+    let mut stack: Vec<(PathBuf, Vec<u8>, usize)> = vec![(root.to_path_buf(), Vec::new(), 0)];
+    while let Some((dir, rel_dir, dir_idx)) = stack.pop() {
+        let mut entries: Vec<(Vec<u8>, PathBuf)> = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd
+                .filter_map(|e| match e {
+                    Ok(e) => Some((e.file_name().into_vec(), e.path())),
+                    Err(err) => {
+                        warn!(dir = %dir.display(), error = %err, "cannot read a directory entry");
+                        w.warnings += 1;
+                        None
+                    }
+                })
+                .collect(),
+            Err(e) if dir_idx == 0 => {
+                return Err(BackupError::Source {
+                    path: dir,
+                    source: e,
+                });
+            }
+            Err(e) => {
+                warn!(dir = %dir.display(), error = %e, "cannot read directory; backed up empty");
+                w.warnings += 1;
+                continue;
+            }
+        };
+        entries.sort();
+        let mut subdirs = 0u32;
+        for (name, path) in entries {
+            let rel = join(&rel_dir, &name);
+            if p.excludes.is_match(OsStr::from_bytes(&rel))
+                || p.excludes.is_match(OsStr::from_bytes(&name))
+            {
+                w.excluded += 1;
+                continue;
+            }
+            let meta = match std::fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "cannot stat; skipped");
+                    w.warnings += 1;
+                    continue;
+                }
+            };
+            let ft = meta.file_type();
+            let kind = if ft.is_dir() {
+                Kind::Dir
+            } else if ft.is_file() {
+                Kind::File
+            } else if ft.is_symlink() {
+                Kind::Symlink
+            } else {
+                w.special += 1;
+                continue;
+            };
+            let inode = inode_of(&meta, kind, &path, &mut w);
+            let source = source_of(&meta);
+            let index = w.nodes.len();
+            let mut chunks = Vec::new();
+            match kind {
+                Kind::Dir => {
+                    w.dirs += 1;
+                    subdirs += 1;
+                    stack.push((path, rel, index));
+                }
+                Kind::Symlink => w.symlinks += 1,
+                Kind::File => {
+                    w.files += 1;
+                    p.progress.found(1, inode.size);
+                    match p.old.get(&rel) {
+                        Some(o)
+                            if o.size == inode.size
+                                && o.mtime == inode.mtime
+                                && o.ino == source.ino =>
+                        {
+                            chunks = o.chunks.clone();
+                            w.skipped_unchanged += 1;
+                            w.skipped_unchanged_bytes += inode.size;
+                            p.progress.advanced(inode.size);
+                        }
+                        _ => {
+                            let job = FileJob {
+                                index,
+                                path,
+                                size: inode.size,
+                            };
+                            if p.jobs.blocking_send(job).is_err() {
+                                // The uploads stopped (an error); theirs is the one reported.
+                                return Err(BackupError::Cancelled);
+                            }
+                        }
+                    }
+                }
+            }
+            w.nodes.push(TreeNode {
+                parent: dir_idx as u32,
+                name,
+                inode,
+                chunks,
+                source: Some(source),
+            });
+        }
+        w.nodes[dir_idx].inode.nlink = 2 + subdirs;
+    }
+    p.progress.found_all();
+    Ok(w)
+}
+
+fn source_of(meta: &Metadata) -> SourceId {
+    SourceId {
+        dev: meta.dev(),
+        ino: meta.ino(),
+    }
+}

@@ -1,0 +1,398 @@
+//! `gridback restore SNAPSHOT[/PATH] DEST`: fetch a sealed snapshot's tree from the grid and
+//! write it out, without the mount.
+//!
+//! - DEST is a directory. Restoring a directory writes its contents into DEST (and gives
+//!   DEST its mode, owner and times, like `cp -a SRC/. DEST/`); restoring a file or a
+//!   symlink writes `DEST/NAME`.
+//! - DEST must be missing or empty, unless `--overwrite`, or unless it holds the resume
+//!   marker ([`MARKER`]) of an interrupted restore of the same `SNAPSHOT[/PATH]`. The marker
+//!   is written before anything else and removed when the restore completes.
+//! - When resuming or overwriting, a regular file already at its place with the right size
+//!   and mtime (ns) is kept (rsync's quick check); everything else is written again. Entries
+//!   of DEST that are not in the snapshot are left alone.
+//! - Each file is written to `NAME.gridback-partial`, fsynced, given its xattrs, owner (when
+//!   running as root), mode and times, and only then renamed to NAME: an interrupted restore
+//!   never leaves a wrong file under a real name.
+//! - Chunks are fetched in batches through [`ChunkFetch`] (for [`GridClient`]: one locate
+//!   round trip per batch, then parallel packet fetches from the nodes), with at most
+//!   [`RestoreOptions::max_in_flight_bytes`] of chunk data in memory.
+
+mod write;
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use gridback_proto::coord_api::SnapshotState;
+use serde::Serialize;
+use tracing::info;
+
+use crate::client::GridClient;
+use crate::grid::{ChunkRef, Grid, GridError};
+use crate::meta::Kind;
+use crate::progress::Progress;
+use crate::testing::MemGrid;
+use crate::tree::{self, FetchTreeError, TreeCipher, TreeNode, TreeV1};
+
+/// Name of the resume marker inside DEST.
+pub const MARKER: &str = ".gridback-restore";
+
+/// Chunk data in memory at once by default (fetched and not yet written).
+pub const DEFAULT_MAX_IN_FLIGHT_BYTES: u64 = 64 << 20;
+
+/// Files written at once by default: enough to overlap one file's fetch with another's
+/// writes and to keep many small files moving.
+pub const DEFAULT_FILE_CONCURRENCY: usize = 4;
+
+/// A grid that can fetch several chunks in one go (restore's batched reads).
+pub trait ChunkFetch: Grid {
+    /// Fetch `chunks`; results in the order asked.
+    fn fetch_chunks<'a>(
+        &'a self,
+        chunks: &'a [ChunkRef],
+    ) -> BoxFuture<'a, Vec<Result<Arc<Vec<u8>>, GridError>>>;
+}
+
+impl ChunkFetch for GridClient {
+    fn fetch_chunks<'a>(
+        &'a self,
+        chunks: &'a [ChunkRef],
+    ) -> BoxFuture<'a, Vec<Result<Arc<Vec<u8>>, GridError>>> {
+        GridClient::read_chunks(self, chunks).boxed()
+    }
+}
+
+impl ChunkFetch for MemGrid {
+    fn fetch_chunks<'a>(
+        &'a self,
+        chunks: &'a [ChunkRef],
+    ) -> BoxFuture<'a, Vec<Result<Arc<Vec<u8>>, GridError>>> {
+        futures::future::join_all(chunks.iter().map(|c| self.read_chunk(*c))).boxed()
+    }
+}
+
+/// How to restore.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// Write into a non-empty DEST, replacing what differs.
+    pub overwrite: bool,
+    /// Files written at once.
+    pub file_concurrency: usize,
+    /// Chunk data in memory at once.
+    pub max_in_flight_bytes: u64,
+}
+
+impl Default for RestoreOptions {
+    fn default() -> Self {
+        Self {
+            overwrite: false,
+            file_concurrency: DEFAULT_FILE_CONCURRENCY,
+            max_in_flight_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,
+        }
+    }
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RestoreSummary {
+    /// Snapshot name.
+    pub snapshot: String,
+    /// Path inside the snapshot ("" for all of it).
+    pub path: String,
+    /// Regular files restored (kept ones included).
+    pub files: u64,
+    /// Directories.
+    pub dirs: u64,
+    /// Symbolic links.
+    pub symlinks: u64,
+    /// Bytes of file content restored (kept ones included).
+    pub bytes: u64,
+    /// Bytes fetched from the grid.
+    pub fetched_bytes: u64,
+    /// Files already in place (resume or `--overwrite`) and kept.
+    pub skipped_existing: u64,
+    /// Attributes that could not be set (xattrs on a filesystem without them…).
+    pub warnings: u64,
+    /// Whether this run resumed an interrupted restore.
+    pub resumed: bool,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+impl RestoreSummary {
+    /// Throughput over the restored bytes, in MB/s (10^6).
+    pub fn mb_per_s(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.seconds.max(1e-9)
+    }
+}
+
+/// Why a restore failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// `SNAPSHOT[/PATH]` is malformed.
+    #[error("bad snapshot path {0:?}: expected SNAPSHOT or SNAPSHOT/PATH")]
+    BadSpec(String),
+    /// No such snapshot.
+    #[error("snapshot {0:?} does not exist")]
+    NoSuchSnapshot(String),
+    /// The snapshot is still open (its tree lives in the mount).
+    #[error("snapshot {0:?} is open; seal it first (gridback snapshot seal {0})")]
+    NotSealed(String),
+    /// PATH is not in the snapshot.
+    #[error("{path:?} does not exist in snapshot {snapshot:?}")]
+    NoSuchPath {
+        /// Snapshot.
+        snapshot: String,
+        /// Path asked for.
+        path: String,
+    },
+    /// DEST holds files and neither `--overwrite` nor a matching resume marker allows it.
+    #[error(
+        "{0} is not empty; restore into an empty directory, or pass --overwrite to write over it"
+    )]
+    NotEmpty(PathBuf),
+    /// DEST exists and is not a directory.
+    #[error("{0} exists and is not a directory")]
+    DestNotDir(PathBuf),
+    /// The tree could not be fetched.
+    #[error(transparent)]
+    Tree(#[from] FetchTreeError),
+    /// The tree holds a name that cannot be written safely ("", ".", "..", or with '/').
+    #[error("snapshot tree holds an unsafe name {0:?}")]
+    UnsafeName(String),
+    /// The grid failed.
+    #[error(transparent)]
+    Grid(#[from] GridError),
+    /// Writing DEST failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A task failed.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RestoreError + '_ {
+    move |source| RestoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Split `SNAPSHOT[/PATH]` into the name and the path's components.
+pub fn parse_spec(spec: &str) -> Result<(String, Vec<String>), RestoreError> {
+    let (name, path) = spec.split_once('/').unwrap_or((spec, ""));
+    let parts: Vec<String> = path
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .map(str::to_string)
+        .collect();
+    if name.is_empty() || parts.iter().any(|p| p == "..") {
+        return Err(RestoreError::BadSpec(spec.to_string()));
+    }
+    Ok((name.to_string(), parts))
+}
+
+fn safe_name(name: &[u8]) -> Result<(), RestoreError> {
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
+    {
+        return Err(RestoreError::UnsafeName(
+            String::from_utf8_lossy(name).into_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// Restore `spec` (`SNAPSHOT[/PATH]`) into the directory `dest`.
+pub async fn restore(
+    grid: &dyn ChunkFetch,
+    cipher: &dyn TreeCipher,
+    spec: &str,
+    dest: &Path,
+    opts: &RestoreOptions,
+    progress: Arc<dyn Progress>,
+) -> Result<RestoreSummary, RestoreError> {
+    let started = Instant::now();
+    let (name, parts) = parse_spec(spec)?;
+    progress.phase("fetching the snapshot tree");
+    let record = grid.snapshot_get(name.clone()).await.map_err(|e| match e {
+        GridError::NoSuchSnapshot(_) => RestoreError::NoSuchSnapshot(name.clone()),
+        other => RestoreError::Grid(other),
+    })?;
+    if record.info.state != SnapshotState::Sealed || record.tree.is_empty() {
+        return Err(RestoreError::NotSealed(name));
+    }
+    let tree = tree::fetch_tree(grid, cipher, &record.tree).await?;
+    let children = children_of(&tree)?;
+    let selected = resolve(&tree, &children, &parts).ok_or_else(|| RestoreError::NoSuchPath {
+        snapshot: name.clone(),
+        path: parts.join("/"),
+    })?;
+    let marker_text = format!("snapshot={name}\npath={}\n", parts.join("/"));
+    let resumed = write::prepare_dest(dest, &marker_text, opts.overwrite)?;
+    info!(snapshot = %name, path = %parts.join("/"), dest = %dest.display(), resumed, "restore started");
+
+    // Place every entry: parents before children.
+    let top = if tree.nodes[selected].inode.kind == Kind::Dir {
+        dest.to_path_buf()
+    } else {
+        dest.join(OsStr::from_bytes(&tree.nodes[selected].name))
+    };
+    let mut plan: Vec<(usize, PathBuf)> = vec![(selected, top)];
+    let mut i = 0;
+    while i < plan.len() {
+        let (idx, path) = plan[i].clone();
+        if tree.nodes[idx].inode.kind == Kind::Dir {
+            for &c in &children[idx] {
+                let child = path.join(OsStr::from_bytes(&tree.nodes[c].name));
+                plan.push((c, child));
+            }
+        }
+        i += 1;
+    }
+
+    let mut sum = RestoreSummary {
+        snapshot: name.clone(),
+        path: parts.join("/"),
+        resumed,
+        ..Default::default()
+    };
+    let mut files = Vec::new();
+    let mut dirs = Vec::new();
+    for (idx, path) in &plan {
+        let node = &tree.nodes[*idx];
+        match node.inode.kind {
+            Kind::Dir => {
+                write::make_dir(path, opts.overwrite || resumed)?;
+                dirs.push((*idx, path.clone()));
+                sum.dirs += 1;
+            }
+            Kind::Symlink => {
+                sum.warnings += write::make_symlink(path, &node.inode)?;
+                sum.symlinks += 1;
+            }
+            Kind::File => {
+                sum.files += 1;
+                sum.bytes += node.inode.size;
+                progress.found(1, node.inode.size);
+                if write::in_place(path, &node.inode) {
+                    sum.skipped_existing += 1;
+                    progress.advanced(node.inode.size);
+                } else {
+                    files.push((node, path.clone()));
+                }
+            }
+        }
+    }
+    progress.found_all();
+    progress.phase("restoring");
+    let concurrency = opts.file_concurrency.max(1);
+    let batch_cap = (opts.max_in_flight_bytes / concurrency as u64).max(1);
+    let results: Vec<(u64, u64)> = futures::stream::iter(files)
+        .map(|(node, path)| write_file(grid, node, path, batch_cap, progress.clone()))
+        .buffer_unordered(concurrency)
+        .try_collect()
+        .await?;
+    for (fetched, warnings) in results {
+        sum.fetched_bytes += fetched;
+        sum.warnings += warnings;
+    }
+    write::remove_marker(dest)?;
+    // Directory attributes last, deepest first: writing into a directory changes its mtime.
+    for (idx, path) in dirs.iter().rev() {
+        let inode = tree.nodes[*idx].inode.clone();
+        let p = path.clone();
+        sum.warnings += tokio::task::spawn_blocking(move || write::set_attrs(&p, &inode))
+            .await
+            .map_err(|e| RestoreError::Internal(format!("attribute task: {e}")))??;
+    }
+    sum.seconds = started.elapsed().as_secs_f64();
+    info!(snapshot = %name, files = sum.files, bytes = sum.bytes, fetched = sum.fetched_bytes,
+        skipped = sum.skipped_existing, seconds = sum.seconds, "restore complete");
+    Ok(sum)
+}
+
+/// Write one file; returns (bytes fetched, attribute warnings).
+async fn write_file(
+    grid: &dyn ChunkFetch,
+    node: &TreeNode,
+    path: PathBuf,
+    batch_cap: u64,
+    progress: Arc<dyn Progress>,
+) -> Result<(u64, u64), RestoreError> {
+    let partial = write::partial_path(&path);
+    let mut out = write::Partial::create(&partial)?;
+    let mut fetched = 0u64;
+    for batch in batches(&node.chunks, batch_cap) {
+        let results = grid.fetch_chunks(batch).await;
+        let mut data = Vec::with_capacity(batch.len());
+        for (c, r) in batch.iter().zip(results) {
+            let d = r?;
+            if d.len() != c.len as usize {
+                return Err(RestoreError::Grid(GridError::ChunkUnavailable {
+                    chunk: c.id,
+                    reason: format!("{} bytes returned, {} expected", d.len(), c.len),
+                }));
+            }
+            data.push(d);
+        }
+        let n: u64 = batch.iter().map(|c| u64::from(c.len)).sum();
+        out = out.write_all(data).await?;
+        fetched += n;
+        progress.advanced(n);
+    }
+    let inode = node.inode.clone();
+    let warnings = out.finish(inode, path).await?;
+    Ok((fetched, warnings))
+}
+
+/// Consecutive runs of chunks of at most `cap` bytes (at least one chunk each).
+fn batches(chunks: &[ChunkRef], cap: u64) -> Vec<&[ChunkRef]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0u64;
+    for (i, c) in chunks.iter().enumerate() {
+        if i > start && bytes + u64::from(c.len) > cap {
+            out.push(&chunks[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += u64::from(c.len);
+    }
+    if start < chunks.len() {
+        out.push(&chunks[start..]);
+    }
+    out
+}
+
+/// Children of every node (validating names), in tree order.
+fn children_of(tree: &TreeV1) -> Result<Vec<Vec<usize>>, RestoreError> {
+    let mut children = vec![Vec::new(); tree.nodes.len()];
+    for (i, n) in tree.nodes.iter().enumerate().skip(1) {
+        safe_name(&n.name)?;
+        children[n.parent as usize].push(i);
+    }
+    Ok(children)
+}
+
+fn resolve(tree: &TreeV1, children: &[Vec<usize>], parts: &[String]) -> Option<usize> {
+    let mut at = 0;
+    for p in parts {
+        at = *children[at]
+            .iter()
+            .find(|&&c| tree.nodes[c].name == p.as_bytes())?;
+    }
+    Some(at)
+}
+
+#[cfg(test)]
+mod tests;
