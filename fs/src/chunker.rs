@@ -145,7 +145,7 @@ const BLOCK_CHUNKS: usize = 4;
 
 /// A streaming chunker over any reader; yields each chunk's bytes in order.
 ///
-/// The stream is read in blocks of [`BLOCK_CHUNKS`] × `max` bytes and every chunk is a
+/// The stream is read in blocks of `BLOCK_CHUNKS` × `max` bytes and every chunk is a
 /// reference-counted slice of its block ([`Bytes`]), so handing out a chunk copies nothing;
 /// only the unfinished tail of a block is copied into the next one. (fastcdc's `StreamCDC`
 /// instead zero-fills a `max`-byte buffer per stream, copies every chunk out and shifts the

@@ -1,6 +1,6 @@
 //! `PacketStore`: the allocated storage. One file per packet under
 //! `DATA/packets/<first 2 hex>/<64 hex name>`, each carrying its own checksum (see
-//! [`format`]).
+//! [`format`](mod@format)).
 //!
 //! A put of a new packet creates its file under its final name (`O_EXCL`: two puts of one
 //! name cannot both create it), writes header and data, `fdatasync`s the file and fsyncs the
