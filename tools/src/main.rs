@@ -19,6 +19,9 @@ use cli::{Cli, Command};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Upper bound on tokio's blocking threads (see `main`).
+const MAX_BLOCKING_THREADS: usize = 16;
+
 fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
@@ -48,8 +51,12 @@ fn main() -> ExitCode {
         "warn"
     });
     install_panic_hook();
+    // Blocking threads each keep allocator caches and the pipeline's per-thread scratch
+    // buffers; the pipeline never needs more than a handful at once (one reader per stream
+    // plus the CPU workers), so a small cap keeps the mount's memory flat under load.
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()
     {
         Ok(rt) => rt,
