@@ -63,11 +63,17 @@ pub struct CoordinatorConfig {
     #[serde(default = "default_erasure_m")]
     pub erasure_m: u8,
     /// A node without a heartbeat for this long is considered down.
-    #[serde(default = "default_node_timeout", with = "human_duration")]
+    #[serde(
+        default = "default_node_timeout",
+        with = "gridback_proto::units::human_duration"
+    )]
     pub node_timeout: Duration,
     /// How long signed put/get orders stay valid; also how long an allocation may wait for
     /// its commit.
-    #[serde(default = "default_order_ttl", with = "human_duration")]
+    #[serde(
+        default = "default_order_ttl",
+        with = "gridback_proto::units::human_duration"
+    )]
     pub order_ttl: Duration,
 }
 
@@ -146,30 +152,6 @@ impl CoordinatorConfig {
     /// The configuration as TOML (for `print-config`).
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("invariant: the config serializes to TOML")
-    }
-}
-
-/// Durations as human strings (`"10s"`, `"15m"`), parsed by the one shared parser.
-mod human_duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        let ms = d.as_millis();
-        let text = if ms.is_multiple_of(60_000) && ms > 0 {
-            format!("{}m", ms / 60_000)
-        } else if ms.is_multiple_of(1000) {
-            format!("{}s", ms / 1000)
-        } else {
-            format!("{ms}ms")
-        };
-        s.serialize_str(&text)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        gridback_proto::units::parse_duration(&s).map_err(serde::de::Error::custom)
     }
 }
 

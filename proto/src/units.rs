@@ -96,6 +96,33 @@ pub fn format_size(bytes: u64) -> String {
     }
 }
 
+/// Serde adapter for durations in config files: read with [`parse_duration`], written as the
+/// shortest of `"15m"`, `"10s"` or `"250ms"`. Use as `#[serde(with = "gridback_proto::units::human_duration")]`.
+pub mod human_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Write a duration for people.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        let ms = d.as_millis();
+        let text = if ms.is_multiple_of(60_000) && ms > 0 {
+            format!("{}m", ms / 60_000)
+        } else if ms.is_multiple_of(1000) {
+            format!("{}s", ms / 1000)
+        } else {
+            format!("{ms}ms")
+        };
+        s.serialize_str(&text)
+    }
+
+    /// Read a duration written for people.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

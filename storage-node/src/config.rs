@@ -56,7 +56,10 @@ pub struct NodeConfig {
     #[serde(default = "default_label")]
     pub label: String,
     /// Time between two heartbeats to the coordinator (`"2s"`, `"500ms"`).
-    #[serde(with = "human_duration", default = "default_heartbeat_interval")]
+    #[serde(
+        with = "gridback_proto::units::human_duration",
+        default = "default_heartbeat_interval"
+    )]
     pub heartbeat_interval: Duration,
 }
 
@@ -181,28 +184,6 @@ mod human_size {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
         let text = String::deserialize(d)?;
         gridback_proto::units::parse_size(&text).map_err(serde::de::Error::custom)
-    }
-}
-
-/// Durations as human strings: parsed with `parse_duration`, written in ms or s.
-mod human_duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        let ms = v.as_millis();
-        let text = if ms.is_multiple_of(1000) {
-            format!("{}s", ms / 1000)
-        } else {
-            format!("{ms}ms")
-        };
-        s.serialize_str(&text)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        gridback_proto::units::parse_duration(&text).map_err(serde::de::Error::custom)
     }
 }
 
