@@ -9,7 +9,11 @@ command -v fusermount3 >/dev/null 2>&1 || need_apt+=(fuse3)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "installing: ${need_apt[*]}"
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${need_apt[@]}"
+    # As root, fuser mounts without fusermount3, so a failed install is a warning here; the
+    # FUSE tests themselves fail loudly if mounting does not work.
+    if ! { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${need_apt[@]}"; }; then
+        echo "warning: could not install ${need_apt[*]}; continuing" >&2
+    fi
 fi
 
 # FUSE tests fail (never skip) when they cannot mount.
