@@ -86,6 +86,30 @@ fn log_error(op: &str, e: &FsError) {
     }
 }
 
+/// Answer an operation that returns nothing.
+fn reply_empty(reply: ReplyEmpty, r: Result<(), FsError>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+/// Answer an operation that returns a new or looked-up entry.
+fn reply_entry(reply: ReplyEntry, r: Result<Attr, FsError>) {
+    match r {
+        Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+/// Answer an operation that returns attributes.
+fn reply_attr(reply: ReplyAttr, r: Result<Attr, FsError>) {
+    match r {
+        Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
 fn time_or_now(t: Option<TimeOrNow>) -> Option<Time> {
     t.map(|t| match t {
         TimeOrNow::SpecificTime(s) => Time::from_system(s),
@@ -121,21 +145,18 @@ impl FuseAdapter {
 
 impl fuser::Filesystem for FuseAdapter {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.run(
-            "lookup",
-            parent.0,
-            self.core.lookup(parent.0, name.as_bytes()),
-        ) {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_entry(
+            reply,
+            self.run(
+                "lookup",
+                parent.0,
+                self.core.lookup(parent.0, name.as_bytes()),
+            ),
+        )
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.run("getattr", ino.0, self.core.getattr(ino.0)) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_attr(reply, self.run("getattr", ino.0, self.core.getattr(ino.0)))
     }
 
     fn setattr(
@@ -164,10 +185,10 @@ impl fuser::Filesystem for FuseAdapter {
             atime: time_or_now(atime),
             mtime: time_or_now(mtime),
         };
-        match self.run("setattr", ino.0, self.core.setattr(ino.0, set)) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_attr(
+            reply,
+            self.run("setattr", ino.0, self.core.setattr(ino.0, set)),
+        )
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -193,32 +214,29 @@ impl fuser::Filesystem for FuseAdapter {
         let f = self
             .core
             .mkdir(parent.0, name.as_bytes(), mode & !umask, owner);
-        match self.run("mkdir", parent.0, f) {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_entry(reply, self.run("mkdir", parent.0, f))
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.run(
-            "unlink",
-            parent.0,
-            self.core.unlink(parent.0, name.as_bytes()),
-        ) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_empty(
+            reply,
+            self.run(
+                "unlink",
+                parent.0,
+                self.core.unlink(parent.0, name.as_bytes()),
+            ),
+        )
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.run(
-            "rmdir",
-            parent.0,
-            self.core.rmdir(parent.0, name.as_bytes()),
-        ) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_empty(
+            reply,
+            self.run(
+                "rmdir",
+                parent.0,
+                self.core.rmdir(parent.0, name.as_bytes()),
+            ),
+        )
     }
 
     fn symlink(
@@ -239,10 +257,7 @@ impl fuser::Filesystem for FuseAdapter {
             target.as_os_str().as_bytes(),
             owner,
         );
-        match self.run("symlink", parent.0, f) {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_entry(reply, self.run("symlink", parent.0, f))
     }
 
     fn rename(
@@ -267,10 +282,7 @@ impl fuser::Filesystem for FuseAdapter {
             newname.as_bytes(),
             noreplace,
         );
-        match self.run("rename", parent.0, f) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_empty(reply, self.run("rename", parent.0, f))
     }
 
     fn link(
@@ -337,10 +349,7 @@ impl fuser::Filesystem for FuseAdapter {
         _lo: LockOwner,
         reply: ReplyEmpty,
     ) {
-        match self.run("flush", ino.0, self.core.flush(fh.0)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_empty(reply, self.run("flush", ino.0, self.core.flush(fh.0)))
     }
 
     fn release(
@@ -353,10 +362,7 @@ impl fuser::Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        match self.run("release", ino.0, self.core.release(fh.0)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_empty(reply, self.run("release", ino.0, self.core.release(fh.0)))
     }
 
     fn fsync(
@@ -367,10 +373,7 @@ impl fuser::Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.run("fsync", ino.0, self.core.fsync(fh.0)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_empty(reply, self.run("fsync", ino.0, self.core.fsync(fh.0)))
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -468,14 +471,14 @@ impl fuser::Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        match self.run(
-            "setxattr",
-            ino.0,
-            self.core.setxattr(ino.0, name.as_bytes(), value, flags),
-        ) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_empty(
+            reply,
+            self.run(
+                "setxattr",
+                ino.0,
+                self.core.setxattr(ino.0, name.as_bytes(), value, flags),
+            ),
+        )
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -512,14 +515,14 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.run(
-            "removexattr",
-            ino.0,
-            self.core.removexattr(ino.0, name.as_bytes()),
-        ) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_empty(
+            reply,
+            self.run(
+                "removexattr",
+                ino.0,
+                self.core.removexattr(ino.0, name.as_bytes()),
+            ),
+        )
     }
 
     fn create(

@@ -25,7 +25,8 @@ pub struct NodeClient {
     timeout: Duration,
     /// Nodes whose last dial failed, with when.
     down: Arc<Mutex<HashMap<NodeId, Instant>>>,
-    /// One dial at a time per node, so concurrent calls to a dead node fail after one attempt.
+    /// One dial at a time per node, and a re-check of `down` after waiting: concurrent calls
+    /// to a dead node fail after one attempt instead of each waiting out the connect timeout.
     dial_locks: Arc<Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<()>>>>>,
 }
 

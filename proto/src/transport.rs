@@ -315,12 +315,17 @@ pub async fn call_encoded<R: Rpc>(
     }
 }
 
+/// A peer as the pool knows it: (address, TLS server name).
+type PeerKey = (String, String);
+
 /// One connection per peer address, reused by every call, re-dialled when it dies.
 #[derive(Clone)]
 pub struct ConnPool {
     endpoint: quinn::Endpoint,
-    conns: Arc<Mutex<HashMap<(String, String), quinn::Connection>>>,
-    dial_lock: Arc<tokio::sync::Mutex<()>>,
+    conns: Arc<Mutex<HashMap<PeerKey, quinn::Connection>>>,
+    /// One dial lock per peer: a burst of calls to a new peer makes one connection, and a
+    /// peer that takes the whole connect timeout to fail delays no dial to any other peer.
+    dial_locks: Arc<Mutex<HashMap<PeerKey, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl std::fmt::Debug for ConnPool {
@@ -335,7 +340,7 @@ impl ConnPool {
         Self {
             endpoint,
             conns: Arc::default(),
-            dial_lock: Arc::new(tokio::sync::Mutex::new(())),
+            dial_locks: Arc::default(),
         }
     }
 
@@ -355,8 +360,14 @@ impl ConnPool {
         if let Some(c) = self.cached(&key) {
             return Ok(c);
         }
-        // Serialise dials so that a burst of calls to a new peer makes one connection.
-        let _g = self.dial_lock.lock().await;
+        let dial_lock = self
+            .dial_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let _g = dial_lock.lock().await;
         if let Some(c) = self.cached(&key) {
             return Ok(c);
         }
