@@ -5,8 +5,20 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{ChunkId, ClientId, NodeId, PacketName};
+use crate::admin_api::{
+    AdminChunk, AdminChunks, AdminClient, AdminClientSet, AdminClients, AdminNode, AdminNodeSet,
+    AdminPlacementGet, AdminPlacementSet, AdminSnapshotList, AdminSnapshots, AdminSubscriptionSet,
+    AdminSubscriptionShow, AdminSubscriptionSuspend, ChunkView, ChunkViews, ClientDetail,
+    ClientProfiles, NodeDetail, PlacementRules,
+};
+use crate::ids::{CertFingerprint, ChunkId, ClientId, NodeId, PacketName};
+use crate::location::Location;
 use crate::order::SignedOrder;
+use crate::schedule_api::{
+    BackupRequests, ScheduleAdd, ScheduleList, SchedulePoll, ScheduleRemove, ScheduleReport,
+    Schedules,
+};
+use crate::subscription::{ClientTerms, Limits};
 use crate::wire::Rpc;
 
 /// The coordinator service's dispatch enum.
@@ -40,6 +52,44 @@ pub enum CoordRequest {
     Status(Status),
     /// Entries of the global backup log.
     BackupLog(BackupLogQuery),
+    /// A client refreshes its terms (subscription, limits, usage).
+    ClientPoll(ClientPoll),
+    /// Admin: every client.
+    AdminClients(AdminClients),
+    /// Admin: one client in detail.
+    AdminClient(AdminClient),
+    /// Admin: a client's snapshots.
+    AdminSnapshots(AdminSnapshots),
+    /// Admin: one node in detail.
+    AdminNode(AdminNode),
+    /// Admin: one chunk's sequence and sources.
+    AdminChunk(AdminChunk),
+    /// Admin: every chunk of a client (or snapshot).
+    AdminChunks(AdminChunks),
+    /// Admin: change a node's location or capacity.
+    AdminNodeSet(AdminNodeSet),
+    /// Admin: change a client's location.
+    AdminClientSet(AdminClientSet),
+    /// Admin: change the cluster-wide proximity rules.
+    AdminPlacementSet(AdminPlacementSet),
+    /// Admin: read the cluster-wide proximity rules.
+    AdminPlacementGet(AdminPlacementGet),
+    /// Admin: change a subscription.
+    AdminSubscriptionSet(AdminSubscriptionSet),
+    /// Admin: show a subscription.
+    AdminSubscriptionShow(AdminSubscriptionShow),
+    /// Admin: suspend or resume a subscription.
+    AdminSubscriptionSuspend(AdminSubscriptionSuspend),
+    /// Admin: add a backup schedule.
+    ScheduleAdd(ScheduleAdd),
+    /// Admin (all) or client (its own): list schedules.
+    ScheduleList(ScheduleList),
+    /// Admin: remove a schedule.
+    ScheduleRemove(ScheduleRemove),
+    /// Client agent: due backup requests.
+    SchedulePoll(SchedulePoll),
+    /// Client agent: a finished run.
+    ScheduleReport(ScheduleReport),
 }
 
 /// Who a certificate belongs to.
@@ -49,6 +99,8 @@ pub enum Role {
     Node,
     /// A source client.
     Client,
+    /// The operator (issued once, at `coordinator init`; never through a join token).
+    Admin,
 }
 
 /// Join request. The joiner generated its own key; the private key never leaves it.
@@ -98,6 +150,19 @@ pub struct NodeHeartbeat {
     pub packet_count: u64,
     /// Process id, for `gridback status`.
     pub pid: u32,
+    /// Location from the node's config (an operator override at the coordinator wins).
+    pub location: Location,
+}
+
+/// Limits a node enforces for one client certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientLimits {
+    /// The client's certificate.
+    pub client: CertFingerprint,
+    /// Its limits (bandwidth per direction, concurrent transfers).
+    pub limits: Limits,
+    /// Whether the client may store new packets (its subscription is active).
+    pub writes_allowed: bool,
 }
 
 /// Answer to a heartbeat.
@@ -110,6 +175,10 @@ pub struct HeartbeatAck {
     pub order_public_key: Vec<u8>,
     /// Grid id.
     pub grid: [u8; 16],
+    /// Target storage allocation set by an operator (overrides the node's config).
+    pub capacity_bytes: Option<u64>,
+    /// Per-client limits to enforce (clients without an entry are unlimited).
+    pub client_limits: Vec<ClientLimits>,
 }
 
 /// Client greeting.
@@ -119,7 +188,13 @@ pub struct ClientHello {
     pub pid: u32,
     /// What the process is (`mount`, `backup`, `status`…), for records.
     pub purpose: String,
+    /// Location from the client's config (an operator override at the coordinator wins).
+    pub location: Location,
 }
+
+/// A client refreshes its terms; sent every few seconds by long-running clients.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientPoll;
 
 /// Answer to a client greeting.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -132,6 +207,8 @@ pub struct ClientWelcome {
     pub erasure_k: u8,
     /// Default parity packets per chunk.
     pub erasure_m: u8,
+    /// Subscription, limits, usage and location.
+    pub terms: ClientTerms,
 }
 
 /// Dedup query.
@@ -434,6 +511,8 @@ pub struct NodeStatus {
     pub packet_count: u64,
     /// Last heartbeat.
     pub last_heartbeat_unix_ms: u64,
+    /// Registered location (an operator override wins over the node's config).
+    pub location: Location,
 }
 
 /// Grid status.
@@ -457,6 +536,11 @@ pub struct StatusReport {
     pub erasure_k: u8,
     /// Default parity.
     pub erasure_m: u8,
+    /// The asking client's terms (subscription state, limits, usage), if the asker is a
+    /// client.
+    pub terms: Option<ClientTerms>,
+    /// Cluster-wide proximity rules.
+    pub proximity: crate::location::Proximity,
 }
 
 /// Read the global backup log.
@@ -466,6 +550,8 @@ pub struct BackupLogQuery {
     pub since_seq: u64,
     /// Entries at most.
     pub limit: u32,
+    /// Only entries at or after this instant (ms since the Unix epoch).
+    pub since_unix_ms: Option<u64>,
 }
 
 /// One entry of the append-only global backup log.
@@ -536,6 +622,55 @@ rpc!(SnapshotSeal, SnapshotSeal, SnapshotInfo, "snapshot_seal");
 rpc!(SnapshotGet, SnapshotGet, SnapshotRecord, "snapshot_get");
 rpc!(Status, Status, StatusReport, "status");
 rpc!(BackupLogQuery, BackupLog, BackupLog, "backup_log");
+rpc!(ClientPoll, ClientPoll, ClientTerms, "client_poll");
+rpc!(AdminClients, AdminClients, ClientProfiles, "admin_clients");
+rpc!(AdminClient, AdminClient, ClientDetail, "admin_client");
+rpc!(
+    AdminSnapshots,
+    AdminSnapshots,
+    AdminSnapshotList,
+    "admin_snapshots"
+);
+rpc!(AdminNode, AdminNode, NodeDetail, "admin_node");
+rpc!(AdminChunk, AdminChunk, ChunkView, "admin_chunk");
+rpc!(AdminChunks, AdminChunks, ChunkViews, "admin_chunks");
+rpc!(AdminNodeSet, AdminNodeSet, NodeDetail, "admin_node_set");
+rpc!(AdminClientSet, AdminClientSet, ClientDetail, "admin_client_set");
+rpc!(
+    AdminPlacementSet,
+    AdminPlacementSet,
+    PlacementRules,
+    "admin_placement_set"
+);
+rpc!(
+    AdminPlacementGet,
+    AdminPlacementGet,
+    PlacementRules,
+    "admin_placement_get"
+);
+rpc!(
+    AdminSubscriptionSet,
+    AdminSubscriptionSet,
+    ClientDetail,
+    "admin_subscription_set"
+);
+rpc!(
+    AdminSubscriptionShow,
+    AdminSubscriptionShow,
+    ClientDetail,
+    "admin_subscription_show"
+);
+rpc!(
+    AdminSubscriptionSuspend,
+    AdminSubscriptionSuspend,
+    ClientDetail,
+    "admin_subscription_suspend"
+);
+rpc!(ScheduleAdd, ScheduleAdd, Schedules, "schedule_add");
+rpc!(ScheduleList, ScheduleList, Schedules, "schedule_list");
+rpc!(ScheduleRemove, ScheduleRemove, Schedules, "schedule_remove");
+rpc!(SchedulePoll, SchedulePoll, BackupRequests, "schedule_poll");
+rpc!(ScheduleReport, ScheduleReport, Schedules, "schedule_report");
 
 /// Largest number of chunks in one batched request; a client splits bigger batches.
 pub const MAX_BATCH_CHUNKS: usize = 1024;

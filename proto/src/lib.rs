@@ -7,11 +7,15 @@
 //! slices. The QUIC transport that carries it sits behind the `transport` feature.
 #![warn(missing_docs)]
 
+pub mod admin_api;
 pub mod coord_api;
 pub mod error;
 pub mod ids;
+pub mod location;
 pub mod node_api;
 pub mod order;
+pub mod schedule_api;
+pub mod subscription;
 pub mod tls;
 #[cfg(feature = "transport")]
 pub mod transport;
@@ -20,6 +24,7 @@ pub mod wire;
 
 pub use error::{ErrorCode, WireError};
 pub use ids::{CertFingerprint, ChunkId, ClientId, NodeId, PacketName};
+pub use location::{Bounds, Distance, Location, Proximity};
 pub use order::{Order, OrderOp, OrderSigner, OrderVerifier, SignedOrder};
 pub use wire::{PROTOCOL_VERSION, Rpc};
 
