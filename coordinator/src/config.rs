@@ -8,12 +8,23 @@
 //! erasure_m = 2
 //! node_timeout = "10s"
 //! order_ttl = "15m"
+//!
+//! # Optional: the subscription every new client starts with (F15-F17). Omitted fields are
+//! # unlimited; `gridback admin subscription set` changes one client at run time.
+//! [default_subscription]
+//! plan = "default"
+//! quota_bytes = 107374182400        # source storage allocation, bytes
+//! bandwidth_up = 5000000            # bytes/s
+//! bandwidth_down = 5000000          # bytes/s
+//! threads = 4                       # worker threads for chunk, compress, encrypt
+//! transfers = 8                     # concurrent packet transfers
 //! ```
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use gridback_proto::subscription::{DEFAULT_PLAN, Limits, Subscription};
 use serde::{Deserialize, Serialize};
 
 /// Errors loading a configuration.
@@ -75,6 +86,57 @@ pub struct CoordinatorConfig {
         with = "gridback_proto::units::human_duration"
     )]
     pub order_ttl: Duration,
+    /// The subscription of clients the operator has not configured (absent: plan
+    /// `default`, no limits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_subscription: Option<DefaultSubscription>,
+}
+
+/// The `[default_subscription]` section: plan and limits of new clients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultSubscription {
+    /// Plan name.
+    #[serde(default = "default_plan")]
+    pub plan: String,
+    /// Source storage allocation in bytes (absent: unlimited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_bytes: Option<u64>,
+    /// Upload bandwidth in bytes per second (absent: unlimited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_up: Option<u64>,
+    /// Download bandwidth in bytes per second (absent: unlimited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_down: Option<u64>,
+    /// Worker threads (absent: the client's own default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<u32>,
+    /// Concurrent packet transfers (absent: unlimited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfers: Option<u32>,
+}
+
+/// Default plan name of the `[default_subscription]` section.
+pub fn default_plan() -> String {
+    DEFAULT_PLAN.to_string()
+}
+
+impl DefaultSubscription {
+    /// The subscription it describes (never suspended, never expiring, no proximity
+    /// overrides).
+    pub fn subscription(&self) -> Subscription {
+        Subscription {
+            plan: self.plan.clone(),
+            limits: Limits {
+                quota_bytes: self.quota_bytes,
+                bandwidth_up: self.bandwidth_up,
+                bandwidth_down: self.bandwidth_down,
+                threads: self.threads,
+                transfers: self.transfers,
+            },
+            ..Subscription::default()
+        }
+    }
 }
 
 /// Default listen address: loopback, the grid's well-known port.
@@ -114,7 +176,15 @@ impl CoordinatorConfig {
             erasure_m: default_erasure_m(),
             node_timeout: default_node_timeout(),
             order_ttl: default_order_ttl(),
+            default_subscription: None,
         }
+    }
+
+    /// The subscription of a client without its own record.
+    pub fn new_client_subscription(&self) -> Subscription {
+        self.default_subscription
+            .as_ref()
+            .map_or_else(Subscription::default, DefaultSubscription::subscription)
     }
 
     /// Read and validate a TOML file.
@@ -199,6 +269,33 @@ mod tests {
         assert_eq!(
             toml::from_str::<CoordinatorConfig>(&cfg.to_toml()).unwrap(),
             cfg
+        );
+    }
+
+    #[test]
+    fn default_subscription_section_parses_with_defaults() {
+        let cfg: CoordinatorConfig = toml::from_str(
+            "data_dir = \"/d\"\n[default_subscription]\nquota_bytes = 1000\nthreads = 2\n",
+        )
+        .unwrap();
+        let s = cfg.new_client_subscription();
+        assert_eq!(s.plan, "default");
+        assert_eq!(s.limits.quota_bytes, Some(1000));
+        assert_eq!(s.limits.threads, Some(2));
+        assert_eq!(s.limits.bandwidth_up, None);
+        assert_eq!(
+            toml::from_str::<CoordinatorConfig>(&cfg.to_toml()).unwrap(),
+            cfg
+        );
+        assert_eq!(
+            CoordinatorConfig::new("/d").new_client_subscription(),
+            Subscription::default()
+        );
+        assert!(
+            toml::from_str::<CoordinatorConfig>(
+                "data_dir = \"/d\"\n[default_subscription]\nq = 1\n"
+            )
+            .is_err()
         );
     }
 

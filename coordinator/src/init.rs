@@ -9,8 +9,12 @@
 //!   grid.id           0644  16-byte grid id (hex)
 //!   join-token        0600  reusable join secret for nodes and clients (hex)
 //!   tls/coordinator.crt 0644, tls/coordinator.key 0600   the coordinator's TLS identity
+//!   admin/admin.crt 0644, admin/admin.key 0600, admin/ca.crt 0644
+//!                     the operator's identity (Role::Admin), same layout as a client's
 //!   meta.redb               metadata records
 //! ```
+//! The admin certificate is the only `Role::Admin` certificate: it is issued here, never
+//! through a join token, and recorded in the metadata database.
 //! Every file is created only when missing, so initialisation is idempotent. Secrets are read
 //! with a permission check.
 
@@ -18,15 +22,24 @@ mod files;
 
 use std::path::{Path, PathBuf};
 
-use gridback_proto::OrderSigner;
-use gridback_proto::tls::{COORDINATOR_SERVER_NAME, ClusterCa, Identity, TlsError};
+use gridback_proto::coord_api::Role;
+use gridback_proto::tls::{COORDINATOR_SERVER_NAME, ClusterCa, Identity, TlsError, cert_from_pem};
+use gridback_proto::{CertFingerprint, OrderSigner};
 use zeroize::Zeroizing;
 
 pub use files::write_atomic;
 use files::{PUBLIC_MODE, SECRET_MODE, ensure_dir, read_public, read_secret, to_text};
 
 use crate::sequence::SequenceKey;
-use crate::store::{RedbStore, StoreError};
+use crate::store::{CertRecord, MetaStore, RedbStore, StoreError};
+
+/// TLS name written into the admin certificate.
+pub const ADMIN_SERVER_NAME: &str = "admin.gridback";
+
+/// Directory of the admin identity (`admin.crt`, `admin.key`, `ca.crt`) in a data dir.
+pub fn admin_tls_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("admin")
+}
 
 /// Errors creating or loading the data directory.
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +146,35 @@ impl DataDirLayout {
     pub fn meta_db(&self) -> PathBuf {
         self.root.join("meta.redb")
     }
+    /// Admin certificate.
+    pub fn admin_cert(&self) -> PathBuf {
+        admin_tls_dir(&self.root).join("admin.crt")
+    }
+    /// Admin key.
+    pub fn admin_key(&self) -> PathBuf {
+        admin_tls_dir(&self.root).join("admin.key")
+    }
+    /// CA certificate next to the admin identity.
+    pub fn admin_ca(&self) -> PathBuf {
+        admin_tls_dir(&self.root).join("ca.crt")
+    }
+}
+
+/// The admin certificate's fingerprint and the record that makes it the admin's.
+pub fn admin_cert_record(data_dir: &Path) -> Result<(CertFingerprint, CertRecord), InitError> {
+    let path = DataDirLayout::new(data_dir).admin_cert();
+    let pem = to_text(&path, read_public(&path)?)?;
+    let der = cert_from_pem(&pem)?;
+    let fp = CertFingerprint::of_der(&der);
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&fp.as_bytes()[..16]);
+    Ok((
+        fp,
+        CertRecord {
+            role: Role::Admin,
+            id,
+        },
+    ))
 }
 
 fn random_hex<const N: usize>() -> String {
@@ -205,6 +247,21 @@ pub fn init_data_dir(data_dir: &Path) -> Result<InitReport, InitError> {
     if !l.meta_db().exists() {
         drop(RedbStore::open(&l.meta_db())?);
         created.push(l.meta_db());
+    }
+    ensure_dir(&admin_tls_dir(data_dir))?;
+    if !l.admin_cert().exists() || !l.admin_key().exists() {
+        let ca = load_ca(&l)?;
+        let id = ca.issue_with_key(ADMIN_SERVER_NAME, "admin")?;
+        write_atomic(&l.admin_key(), id.key_pem.as_bytes(), SECRET_MODE)?;
+        write_atomic(&l.admin_cert(), id.cert_pem().as_bytes(), PUBLIC_MODE)?;
+        created.extend([l.admin_key(), l.admin_cert()]);
+        let (fp, rec) = admin_cert_record(data_dir)?;
+        RedbStore::open(&l.meta_db())?.ensure_cert(&fp, &rec)?;
+    }
+    if !l.admin_ca().exists() {
+        let ca = to_text(&l.ca_cert(), read_public(&l.ca_cert())?)?;
+        write_atomic(&l.admin_ca(), format!("{ca}\n").as_bytes(), PUBLIC_MODE)?;
+        created.push(l.admin_ca());
     }
     Ok(InitReport {
         grid: load_grid_id(&l)?,
@@ -318,8 +375,9 @@ mod tests {
         let d = dir.path().join("coord");
         let r = init_data_dir(&d).unwrap();
         let l = DataDirLayout::new(&d);
-        assert_eq!(r.created.len(), 9, "{:?}", r.created);
+        assert_eq!(r.created.len(), 12, "{:?}", r.created);
         for p in [
+            l.admin_key(),
             l.ca_key(),
             l.order_key(),
             l.sequence_key(),
@@ -328,7 +386,13 @@ mod tests {
         ] {
             assert_eq!(mode(&p), 0o600, "{}", p.display());
         }
-        for p in [l.ca_cert(), l.grid_id(), l.tls_cert()] {
+        for p in [
+            l.ca_cert(),
+            l.grid_id(),
+            l.tls_cert(),
+            l.admin_cert(),
+            l.admin_ca(),
+        ] {
             assert_eq!(mode(&p), 0o644, "{}", p.display());
         }
         let before: Vec<_> = [l.ca_key(), l.order_key(), l.join_token()]
@@ -350,6 +414,30 @@ mod tests {
             format!("{s:?}"),
             format!("GridSecrets(grid {}, <redacted>)", hex::encode(r.grid))
         );
+    }
+
+    #[test]
+    fn admin_identity_is_issued_recorded_and_reissued_when_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        init_data_dir(dir.path()).unwrap();
+        let l = DataDirLayout::new(dir.path());
+        let admin = admin_tls_dir(dir.path());
+        let read = |n: &str| std::fs::read_to_string(admin.join(n)).unwrap();
+        let id =
+            Identity::from_pem(&read("admin.crt"), &read("admin.key"), &read("ca.crt")).unwrap();
+        let (fp, rec) = admin_cert_record(dir.path()).unwrap();
+        assert_eq!(id.fingerprint(), fp);
+        assert_eq!(rec.role, Role::Admin);
+        let stored = RedbStore::open(&l.meta_db()).unwrap().cert(&fp).unwrap();
+        assert_eq!(stored, Some(rec));
+        // A data dir from before admin identities: the files are created on the next start.
+        std::fs::remove_dir_all(&admin).unwrap();
+        let r = init_data_dir(dir.path()).unwrap();
+        assert_eq!(r.created.len(), 3, "{:?}", r.created);
+        let (fp2, _) = admin_cert_record(dir.path()).unwrap();
+        assert_ne!(fp2, fp);
+        let store = RedbStore::open(&l.meta_db()).unwrap();
+        assert!(store.cert(&fp2).unwrap().is_some());
     }
 
     #[test]

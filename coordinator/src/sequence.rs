@@ -1,5 +1,6 @@
-//! The non-transparent sequence (F2): which nodes hold the packets of a chunk, and under which
-//! opaque names.
+//! The non-transparent sequence (F2): the secret key and the opaque packet names. Allocation
+//! places chunks with [`crate::placement`] (a keyed ring, fast on large grids, with proximity
+//! rules); the rendezvous [`sequence`] below is the simple reference kept for comparison.
 //!
 //! Placement is rendezvous (highest-random-weight) hashing where each node's weight for a
 //! chunk is `keyed_blake3(sequence_key, chunk || node)`. It is deterministic for the

@@ -11,7 +11,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::CoordinatorConfig;
 use crate::error::CoordinatorError;
-use crate::init::{DataDirLayout, GridSecrets, init_data_dir, write_atomic};
+use crate::init::{DataDirLayout, GridSecrets, admin_cert_record, init_data_dir, write_atomic};
 use crate::membership::MembershipWorker;
 use crate::service::{CoordService, Settings};
 use crate::store::{MetaStore, RedbStore};
@@ -51,6 +51,9 @@ impl Server {
         let secrets = GridSecrets::load(&config.data_dir)?;
         let layout = DataDirLayout::new(&config.data_dir);
         let store: Arc<dyn MetaStore> = Arc::new(RedbStore::open(&layout.meta_db())?);
+        // The admin certificate on disk is the admin's, whatever the records say.
+        let (admin_fp, admin_rec) = admin_cert_record(&config.data_dir)?;
+        store.ensure_cert(&admin_fp, &admin_rec)?;
         let addr = config.listen_addr;
         let endpoint = server_endpoint(&secrets.identity, addr, true).map_err(|e| match e {
             EndpointError::Bind { source, .. }
@@ -89,6 +92,7 @@ impl Server {
             store.clone(),
             secrets,
             settings,
+            config.new_client_subscription(),
             local_addr,
         ));
         info!(addr = %local_addr, grid = %hex::encode(grid), "coordinator bound");

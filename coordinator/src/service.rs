@@ -1,10 +1,14 @@
-//! Request dispatch: who is asking (anonymous, a node, a client), what they may ask, and the
-//! mapping of every failure to a [`WireError`]. The handlers live in one file per area.
+//! Request dispatch: who is asking (anonymous, a node, a client, the admin), what they may
+//! ask, and the mapping of every failure to a [`WireError`]. The handlers live in one file
+//! per area.
 
+mod admin;
 mod chunks;
 mod join;
+mod schedules;
 mod snapshots;
 mod status;
+mod terms;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,13 +16,15 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use gridback_proto::coord_api::{CoordRequest, MAX_BATCH_CHUNKS, Role};
+use gridback_proto::subscription::Subscription;
 use gridback_proto::transport::{Peer, Service, respond};
 use gridback_proto::wire::MAX_CONTROL_FRAME_BYTES;
 use gridback_proto::{CertFingerprint, ClientId, ErrorCode, NodeId, WireError};
-use tracing::{Instrument, Span, debug_span, error};
+use tracing::{Instrument, Span, debug_span, error, warn};
 
 use crate::init::GridSecrets;
 use crate::pending::PendingAllocations;
+use crate::placement::RingCache;
 use crate::store::{CertRecord, MetaStore, StoreError};
 
 /// Settings the handlers need from the configuration.
@@ -41,6 +47,8 @@ enum Caller {
     Node { id: NodeId },
     /// A source client, with the fingerprint its orders are bound to.
     Client { id: ClientId, fp: CertFingerprint },
+    /// The operator's certificate issued at `coordinator init`.
+    Admin,
 }
 
 /// The coordinator's QUIC service.
@@ -56,6 +64,10 @@ pub(crate) struct Inner {
     settings: Settings,
     local_addr: SocketAddr,
     pending: PendingAllocations,
+    /// The placement ring of the current membership.
+    ring: RingCache,
+    /// The subscription of clients without their own record.
+    default_subscription: Subscription,
     /// Certificates seen, so most requests need no database read. Certificates are never
     /// revoked today, so entries never go stale.
     certs: RwLock<HashMap<CertFingerprint, CertRecord>>,
@@ -66,6 +78,7 @@ impl CoordService {
         store: Arc<dyn MetaStore>,
         secrets: GridSecrets,
         settings: Settings,
+        default_subscription: Subscription,
         local_addr: SocketAddr,
     ) -> Self {
         let order_public_key = secrets.signer.public_key();
@@ -77,6 +90,8 @@ impl CoordService {
                 settings,
                 local_addr,
                 pending: PendingAllocations::default(),
+                ring: RingCache::default(),
+                default_subscription,
                 certs: RwLock::default(),
             }),
         }
@@ -99,6 +114,25 @@ fn method(req: &CoordRequest) -> &'static str {
         CoordRequest::SnapshotGet(_) => "snapshot_get",
         CoordRequest::Status(_) => "status",
         CoordRequest::BackupLog(_) => "backup_log",
+        CoordRequest::ClientPoll(_) => "client_poll",
+        CoordRequest::AdminClients(_) => "admin_clients",
+        CoordRequest::AdminClient(_) => "admin_client",
+        CoordRequest::AdminSnapshots(_) => "admin_snapshots",
+        CoordRequest::AdminNode(_) => "admin_node",
+        CoordRequest::AdminChunk(_) => "admin_chunk",
+        CoordRequest::AdminChunks(_) => "admin_chunks",
+        CoordRequest::AdminNodeSet(_) => "admin_node_set",
+        CoordRequest::AdminClientSet(_) => "admin_client_set",
+        CoordRequest::AdminPlacementSet(_) => "admin_placement_set",
+        CoordRequest::AdminPlacementGet(_) => "admin_placement_get",
+        CoordRequest::AdminSubscriptionSet(_) => "admin_subscription_set",
+        CoordRequest::AdminSubscriptionShow(_) => "admin_subscription_show",
+        CoordRequest::AdminSubscriptionSuspend(_) => "admin_subscription_suspend",
+        CoordRequest::ScheduleAdd(_) => "schedule_add",
+        CoordRequest::ScheduleList(_) => "schedule_list",
+        CoordRequest::ScheduleRemove(_) => "schedule_remove",
+        CoordRequest::SchedulePoll(_) => "schedule_poll",
+        CoordRequest::ScheduleReport(_) => "schedule_report",
     }
 }
 
@@ -134,6 +168,10 @@ fn store_err(e: StoreError) -> WireError {
         StoreError::NotFound(m) => WireError::new(ErrorCode::NotFound, m),
         StoreError::Conflict(m) => WireError::new(ErrorCode::Conflict, m),
         StoreError::Invalid(m) => WireError::new(ErrorCode::BadRequest, m),
+        e @ StoreError::QuotaExceeded { .. } => {
+            warn!(error = %e, "write refused: quota");
+            WireError::new(ErrorCode::QuotaExceeded, e.to_string())
+        }
         other @ (StoreError::Locked { .. } | StoreError::Corrupt { .. } | StoreError::Redb(_)) => {
             error!(error = %other, "metadata store failed");
             WireError::new(ErrorCode::Unavailable, "coordinator metadata store failed")
@@ -189,14 +227,27 @@ impl Inner {
                 id: ClientId(rec.id),
                 fp,
             },
+            Role::Admin => Caller::Admin,
         })
+    }
+
+    fn admin(&self, peer: &Peer) -> Reply<()> {
+        match self.caller(peer)? {
+            Caller::Admin => Ok(()),
+            _ => Err(unauthorized(
+                "admin requests need the admin certificate from the coordinator's data dir \
+                 (DATA_DIR/admin)",
+            )),
+        }
     }
 
     fn node(&self, peer: &Peer) -> Reply<NodeId> {
         match self.caller(peer)? {
             Caller::Node { id } => Ok(id),
             Caller::Anonymous => Err(unauthorized("join the grid first (no client certificate)")),
-            Caller::Client { .. } => Err(unauthorized("this request needs a node certificate")),
+            Caller::Client { .. } | Caller::Admin => {
+                Err(unauthorized("this request needs a node certificate"))
+            }
         }
     }
 
@@ -204,7 +255,9 @@ impl Inner {
         match self.caller(peer)? {
             Caller::Client { id, fp } => Ok((id, fp)),
             Caller::Anonymous => Err(unauthorized("join the grid first (no client certificate)")),
-            Caller::Node { .. } => Err(unauthorized("this request needs a client certificate")),
+            Caller::Node { .. } | Caller::Admin => {
+                Err(unauthorized("this request needs a client certificate"))
+            }
         }
     }
 
@@ -228,17 +281,19 @@ impl Inner {
             R::QueryChunks(q) => respond(&self.client(&peer).and_then(|_| self.query(q))),
             R::AllocateChunks(a) => respond(
                 &self
-                    .client(&peer)
-                    .and_then(|(id, fp)| self.allocate(id, fp, a)),
+                    .writer(&peer)
+                    .and_then(|(id, fp, sub)| self.allocate(id, fp, &sub, a)),
             ),
             R::ReplaceTargets(r) => respond(
                 &self
-                    .client(&peer)
-                    .and_then(|(id, fp)| self.replace(id, fp, r)),
+                    .writer(&peer)
+                    .and_then(|(id, fp, sub)| self.replace(id, fp, &sub, r)),
             ),
-            R::CommitChunks(c) => {
-                respond(&self.client(&peer).and_then(|(id, _)| self.commit(id, c)))
-            }
+            R::CommitChunks(c) => respond(
+                &self
+                    .writer(&peer)
+                    .and_then(|(id, _, sub)| self.commit(id, &sub, c)),
+            ),
             R::LocateChunks(l) => respond(
                 &self
                     .client(&peer)
@@ -246,8 +301,8 @@ impl Inner {
             ),
             R::SnapshotCreate(s) => respond(
                 &self
-                    .client(&peer)
-                    .and_then(|(id, _)| self.snapshot_create(id, s)),
+                    .writer(&peer)
+                    .and_then(|(id, _, _)| self.snapshot_create(id, s)),
             ),
             R::SnapshotList(_) => respond(
                 &self
@@ -256,8 +311,8 @@ impl Inner {
             ),
             R::SnapshotSeal(s) => respond(
                 &self
-                    .client(&peer)
-                    .and_then(|(id, _)| self.snapshot_seal(id, s)),
+                    .writer(&peer)
+                    .and_then(|(id, _, _)| self.snapshot_seal(id, s)),
             ),
             R::SnapshotGet(s) => respond(
                 &self
@@ -266,6 +321,51 @@ impl Inner {
             ),
             R::Status(_) => respond(&self.member(&peer).and_then(|c| self.status(c))),
             R::BackupLog(q) => respond(&self.member(&peer).and_then(|_| self.backup_log(q))),
+            R::ClientPoll(_) => respond(&self.client(&peer).and_then(|(id, _)| self.terms(id))),
+            R::AdminClients(_) => respond(&self.admin(&peer).and_then(|_| self.admin_clients())),
+            R::AdminClient(r) => respond(&self.admin(&peer).and_then(|_| self.client_detail(r.id))),
+            R::AdminSnapshots(r) => {
+                respond(&self.admin(&peer).and_then(|_| self.admin_snapshots(r)))
+            }
+            R::AdminNode(r) => respond(&self.admin(&peer).and_then(|_| self.admin_node(r.id))),
+            R::AdminChunk(r) => respond(&self.admin(&peer).and_then(|_| self.admin_chunk(r.id))),
+            R::AdminChunks(r) => respond(&self.admin(&peer).and_then(|_| self.admin_chunks(r))),
+            R::AdminNodeSet(r) => respond(&self.admin(&peer).and_then(|_| self.admin_node_set(r))),
+            R::AdminClientSet(r) => {
+                respond(&self.admin(&peer).and_then(|_| self.admin_client_set(r)))
+            }
+            R::AdminPlacementSet(r) => {
+                respond(&self.admin(&peer).and_then(|_| self.admin_placement_set(r)))
+            }
+            R::AdminPlacementGet(_) => {
+                respond(&self.admin(&peer).and_then(|_| self.admin_placement_get()))
+            }
+            R::AdminSubscriptionSet(r) => {
+                respond(&self.admin(&peer).and_then(|_| self.subscription_set(r)))
+            }
+            R::AdminSubscriptionShow(r) => {
+                respond(&self.admin(&peer).and_then(|_| self.client_detail(r.client)))
+            }
+            R::AdminSubscriptionSuspend(r) => {
+                respond(&self.admin(&peer).and_then(|_| self.subscription_suspend(r)))
+            }
+            R::ScheduleAdd(r) => respond(&self.admin(&peer).and_then(|_| self.schedule_add(r))),
+            R::ScheduleList(r) => {
+                respond(&self.member(&peer).and_then(|c| self.schedule_list(c, r)))
+            }
+            R::ScheduleRemove(r) => {
+                respond(&self.admin(&peer).and_then(|_| self.schedule_remove(r)))
+            }
+            R::SchedulePoll(_) => respond(
+                &self
+                    .client(&peer)
+                    .and_then(|(id, _)| self.schedule_poll(id)),
+            ),
+            R::ScheduleReport(r) => respond(
+                &self
+                    .client(&peer)
+                    .and_then(|(id, _)| self.schedule_report(id, r)),
+            ),
         }
     }
 }

@@ -53,7 +53,8 @@ async fn join_allocate_commit_locate_and_dedup_over_quic() {
             nodes[0]
                 .call(ClientHello {
                     pid: 1,
-                    purpose: "x".into()
+                    purpose: "x".into(),
+                    location: harness::loc("eu/z1/laptop"),
                 })
                 .await
         ),
@@ -67,7 +68,8 @@ async fn join_allocate_commit_locate_and_dedup_over_quic() {
                     capacity_bytes: 1,
                     used_bytes: 0,
                     packet_count: 0,
-                    pid: 1
+                    pid: 1,
+                    location: harness::loc("eu/z1/n"),
                 })
                 .await
         ),
@@ -78,6 +80,7 @@ async fn join_allocate_commit_locate_and_dedup_over_quic() {
         .call(ClientHello {
             pid: 99,
             purpose: "test".into(),
+            location: harness::loc("eu/z1/laptop"),
         })
         .await
         .unwrap();
@@ -337,6 +340,7 @@ async fn placement_refused_when_nodes_are_full_and_silent_nodes_go_down() {
             .call(BackupLogQuery {
                 since_seq: 0,
                 limit: 100,
+                since_unix_ms: None,
             })
             .await
             .unwrap()
@@ -357,6 +361,7 @@ async fn placement_refused_when_nodes_are_full_and_silent_nodes_go_down() {
         .call(BackupLogQuery {
             since_seq: 0,
             limit: 100,
+            since_unix_ms: None,
         })
         .await
         .unwrap()

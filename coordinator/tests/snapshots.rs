@@ -156,6 +156,7 @@ async fn snapshots_status_log_survive_restart() {
         .call(BackupLogQuery {
             since_seq: 0,
             limit: 1000,
+            since_unix_ms: None,
         })
         .await
         .unwrap()
@@ -176,6 +177,7 @@ async fn snapshots_status_log_survive_restart() {
         .call(BackupLogQuery {
             since_seq: log[5].seq,
             limit: 2,
+            since_unix_ms: None,
         })
         .await
         .unwrap()
@@ -201,6 +203,7 @@ async fn snapshots_status_log_survive_restart() {
         .call(BackupLogQuery {
             since_seq: 0,
             limit: 1000,
+            since_unix_ms: None,
         })
         .await
         .unwrap()

@@ -3,15 +3,18 @@
 //! `connect` loads the TLS identity (`tls_dir`) and the recovery key file (`key_file`), opens
 //! one client endpoint with one connection pool (one connection per peer, many streams),
 //! greets the coordinator, and builds the write ([`Uploader`]) and read ([`Reader`]) pipelines
-//! on top.
+//! on top. It keeps the client's [`Terms`] (from the greeting, refreshed by a
+//! [`TermsPoller`] every [`TERMS_POLL_INTERVAL`]), whose limits every transfer and CPU stage
+//! honours live. The poller stops when the last clone is dropped or on [`GridClient::shutdown`].
 
 use std::io::Read;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use gridback_proto::ClientId;
 use gridback_proto::coord_api::{ClientWelcome, SnapshotInfo, SnapshotRecord, TreeChunk};
+use gridback_proto::subscription::ClientTerms;
 use gridback_proto::transport::{CallError, ConnPool, EndpointError, client_endpoint};
 use tracing::info;
 
@@ -23,6 +26,7 @@ use crate::join::{JoinError, load_identity};
 use crate::keys::{ClientKeys, KeyError};
 use crate::node_client::NodeClient;
 use crate::reader::Reader;
+use crate::terms::{TERMS_POLL_INTERVAL, Terms, TermsPoller};
 use crate::uploader::{UploadParams, Uploader};
 
 /// Errors connecting a client.
@@ -83,6 +87,8 @@ struct Inner {
     reader: Reader,
     keys: ClientKeys,
     welcome: ClientWelcome,
+    terms: Arc<Terms>,
+    poller: Mutex<Option<TermsPoller>>,
 }
 
 /// A connected client of the grid. Cheap to clone.
@@ -112,17 +118,19 @@ impl GridClient {
         purpose: &str,
     ) -> Result<GridClient, ClientError> {
         let params = UploadParams::from_config(config)?;
+        let location = config.location()?;
         let keys = ClientKeys::load(&config.key_file())?;
         let (identity, file) = load_identity(&config.tls_dir())?;
         let pool = ConnPool::new(client_endpoint(&identity)?);
         let coord = CoordClient::new(pool.clone(), config.coordinator_addr.clone());
-        let welcome = coord
-            .hello(purpose)
-            .await
-            .map_err(|source| ClientError::Coordinator {
-                addr: config.coordinator_addr.clone(),
-                source,
-            })?;
+        let welcome =
+            coord
+                .hello(purpose, location)
+                .await
+                .map_err(|source| ClientError::Coordinator {
+                    addr: config.coordinator_addr.clone(),
+                    source,
+                })?;
         if file.client().ok() != Some(welcome.client) {
             return Err(ClientError::IdMismatch {
                 file: file.client_id,
@@ -130,13 +138,9 @@ impl GridClient {
             });
         }
         info!(client = %welcome.client, k = welcome.erasure_k, m = welcome.erasure_m, "connected to the grid");
-        Ok(Self::from_parts(
-            coord,
-            NodeClient::new(pool),
-            keys,
-            welcome,
-            params,
-        ))
+        let client = Self::from_parts(coord, NodeClient::new(pool), keys, welcome, params);
+        client.start_terms_poller();
+        Ok(client)
     }
 
     /// Assemble a client from already-connected parts (tests, tools).
@@ -148,7 +152,11 @@ impl GridClient {
         params: UploadParams,
     ) -> Self {
         let crypto = Arc::new(ChunkCrypto::new(&keys.domain));
-        let uploader = Uploader::new(coord.clone(), nodes.clone(), crypto.clone(), params);
+        let terms = Terms::new(Some(welcome.terms.clone()), params.workers);
+        let nodes = nodes.with_limits(terms.limits().clone());
+        let cpu = terms.limits().threads.clone();
+        let uploader =
+            Uploader::with_cpu_limit(coord.clone(), nodes.clone(), crypto.clone(), params, cpu);
         let reader = Reader::new(coord.clone(), nodes, crypto);
         Self {
             inner: Arc::new(Inner {
@@ -157,8 +165,51 @@ impl GridClient {
                 reader,
                 keys,
                 welcome,
+                terms,
+                poller: Mutex::new(None),
             }),
         }
+    }
+
+    /// Start refreshing the terms every [`TERMS_POLL_INTERVAL`] (no-op if running already).
+    /// `connect` does this; clients built with [`GridClient::from_parts`] call it when they
+    /// live long enough to need it. Must be called inside a tokio runtime.
+    pub fn start_terms_poller(&self) {
+        let mut p = self.inner.poller.lock().unwrap_or_else(|p| p.into_inner());
+        if p.is_none() {
+            *p = Some(TermsPoller::spawn(
+                self.inner.coord.clone(),
+                self.inner.terms.clone(),
+                TERMS_POLL_INTERVAL,
+            ));
+        }
+    }
+
+    /// Stop the terms poller and wait for it (dropping the last clone stops it too, without
+    /// waiting).
+    pub async fn shutdown(&self) {
+        let p = self
+            .inner
+            .poller
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(p) = p {
+            p.shutdown().await;
+        }
+    }
+
+    /// The latest terms (subscription, limits, usage, location).
+    pub fn terms(&self) -> ClientTerms {
+        self.inner
+            .terms
+            .current()
+            .unwrap_or_else(|| self.inner.welcome.terms.clone())
+    }
+
+    /// The terms holder, with the live limits every transfer honours.
+    pub fn live_terms(&self) -> &Arc<Terms> {
+        &self.inner.terms
     }
 
     /// This client's id.
@@ -231,5 +282,9 @@ impl Grid for GridClient {
 
     fn snapshot_get(&self, name: String) -> BoxFuture<'_, Result<SnapshotRecord, GridError>> {
         self.inner.coord.snapshot_get(name).boxed()
+    }
+
+    fn terms(&self) -> Option<ClientTerms> {
+        Some(GridClient::terms(self))
     }
 }

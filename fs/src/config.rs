@@ -5,6 +5,8 @@
 //! state_dir = "/var/lib/gridback/client" # required: local metadata, spool, cache
 //! # tls_dir = "<state_dir>/tls"          # client.crt, client.key (0600), ca.crt, identity.toml
 //! # key_file = "<state_dir>/keys.toml"   # the recovery key file
+//! location = "default/default/<host name>" # REGION/ZONE/HOST, sent to the coordinator
+//! # coords = "48.14,11.58"               # optional LAT,LON in degrees
 //! [chunking]
 //! min_size = "256KiB"
 //! avg_size = "1MiB"
@@ -23,6 +25,8 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use gridback_proto::Location;
+use gridback_proto::location::Coords;
 use gridback_proto::units::parse_size;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -187,6 +191,30 @@ impl Default for MountConfig {
     }
 }
 
+/// Default location: `default/default/<host name>` (the host name cleaned to label
+/// characters), so clients on different hosts are told apart without any setting.
+pub fn default_location() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let label: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(gridback_proto::location::MAX_LABEL_BYTES)
+        .collect();
+    let label = if label.is_empty() {
+        "host".into()
+    } else {
+        label
+    };
+    format!("default/default/{label}")
+}
+
 /// The client configuration file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -201,6 +229,13 @@ pub struct ClientConfig {
     /// Recovery key file; default `<state_dir>/keys.toml`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_file: Option<PathBuf>,
+    /// Where this client is, `REGION/ZONE/HOST` (labels of `A-Z a-z 0-9 - _ .`), sent in the
+    /// greeting; backup proximity rules measure from it. An operator's override wins.
+    #[serde(default = "default_location")]
+    pub location: String,
+    /// Optional coordinates, `LAT,LON` in degrees, for distance bounds in kilometres.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coords: Option<String>,
     /// Chunk sizes.
     #[serde(default)]
     pub chunking: ChunkingConfig,
@@ -220,6 +255,8 @@ impl ClientConfig {
             state_dir: state_dir.into(),
             tls_dir: None,
             key_file: None,
+            location: default_location(),
+            coords: None,
             chunking: ChunkingConfig::default(),
             pipeline: PipelineConfig::default(),
             mount: MountConfig::default(),
@@ -271,7 +308,33 @@ impl ClientConfig {
                 reason: "empty".into(),
             });
         }
+        self.location()?;
         Ok(())
+    }
+
+    /// The client's location, from `location` and `coords`.
+    pub fn location(&self) -> Result<Location, ConfigError> {
+        let mut loc: Location =
+            self.location
+                .parse()
+                .map_err(
+                    |e: gridback_proto::location::LocationError| ConfigError::Invalid {
+                        field: "location",
+                        reason: e.to_string(),
+                    },
+                )?;
+        if let Some(c) = &self.coords {
+            let c: Coords = c
+                .parse()
+                .map_err(
+                    |e: gridback_proto::location::LocationError| ConfigError::Invalid {
+                        field: "coords",
+                        reason: e.to_string(),
+                    },
+                )?;
+            loc.coords = Some(c);
+        }
+        Ok(loc)
     }
 
     /// Validated chunk sizes.
@@ -330,6 +393,32 @@ mod tests {
         let back: ClientConfig = toml::from_str(&text).unwrap();
         assert_eq!(back, cfg);
         assert!(cfg.pipeline.effective_workers() >= 1);
+        assert!(
+            cfg.location.starts_with("default/default/"),
+            "{}",
+            cfg.location
+        );
+        assert!(cfg.location().unwrap().coords.is_none());
+    }
+
+    #[test]
+    fn location_and_coords_are_checked_by_key() {
+        let base = "coordinator_addr = \"x:1\"\nstate_dir = \"/s\"\n";
+        let cfg: ClientConfig = toml::from_str(&format!(
+            "{base}location = \"eu/eu-1/h1\"\ncoords = \"48.14,11.58\"\n"
+        ))
+        .unwrap();
+        let loc = cfg.location().unwrap();
+        assert_eq!(loc.labels(), "eu/eu-1/h1");
+        assert_eq!(loc.coords.map(|c| c.lon), Some(11.58));
+        let back: ClientConfig = toml::from_str(&cfg.to_toml()).unwrap();
+        assert_eq!(back, cfg);
+        let bad: ClientConfig = toml::from_str(&format!("{base}location = \"eu\"\n")).unwrap();
+        let e = bad.validate().unwrap_err();
+        assert!(e.to_string().starts_with("location: "), "{e}");
+        let bad: ClientConfig = toml::from_str(&format!("{base}coords = \"48.1;11\"\n")).unwrap();
+        let e = bad.validate().unwrap_err();
+        assert!(e.to_string().starts_with("coords: "), "{e}");
     }
 
     #[test]

@@ -5,14 +5,15 @@
 use std::time::Duration;
 
 use gridback_proto::coord_api::{
-    AllocateChunks, Allocation, ChunkAlloc, ChunkCommit, ChunkLocation, ClientHello, ClientWelcome,
-    CommitChunks, Committed, CoordRequest, LocateChunks, MAX_BATCH_CHUNKS, QueryChunks,
-    ReplaceTargets, SnapshotCreate, SnapshotGet, SnapshotInfo, SnapshotList, SnapshotRecord,
-    SnapshotSeal, Target, TreeChunk,
+    AllocateChunks, Allocation, ChunkAlloc, ChunkCommit, ChunkLocation, ClientHello, ClientPoll,
+    ClientWelcome, CommitChunks, Committed, CoordRequest, LocateChunks, MAX_BATCH_CHUNKS,
+    QueryChunks, ReplaceTargets, SnapshotCreate, SnapshotGet, SnapshotInfo, SnapshotList,
+    SnapshotRecord, SnapshotSeal, Target, TreeChunk,
 };
+use gridback_proto::subscription::ClientTerms;
 use gridback_proto::tls::COORDINATOR_SERVER_NAME;
 use gridback_proto::transport::{CallError, ConnPool, DEFAULT_CALL_TIMEOUT};
-use gridback_proto::{ChunkId, ErrorCode, NodeId, Rpc};
+use gridback_proto::{ChunkId, ErrorCode, Location, NodeId, Rpc};
 use tracing::debug;
 
 use crate::grid::GridError;
@@ -62,13 +63,23 @@ impl CoordClient {
             .await
     }
 
-    /// Greet the coordinator.
-    pub async fn hello(&self, purpose: &str) -> Result<ClientWelcome, CallError> {
+    /// Greet the coordinator, registering this client's `location`.
+    pub async fn hello(
+        &self,
+        purpose: &str,
+        location: Location,
+    ) -> Result<ClientWelcome, CallError> {
         self.call(ClientHello {
             pid: std::process::id(),
             purpose: purpose.to_string(),
+            location,
         })
         .await
+    }
+
+    /// This client's current terms (subscription, limits, usage).
+    pub async fn poll(&self) -> Result<ClientTerms, CallError> {
+        self.call(ClientPoll).await
     }
 
     /// Which of `ids` are stored already (one flag per id).

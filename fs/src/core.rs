@@ -133,6 +133,20 @@ impl FsCore {
         Ok(core)
     }
 
+    /// Remove a file that was created but never committed: its directory entries and inode.
+    pub(crate) fn remove_provisional(&self, ino: u64, inode: &Inode) -> Result<(), FsError> {
+        let mut tx = self.meta.write()?;
+        let entries = self.meta.list_dir(inode.parent, None, usize::MAX)?;
+        for (name, child) in entries {
+            if child == ino {
+                tx.remove_dirent(inode.parent, &name)?;
+            }
+        }
+        tx.remove_inode(ino)?;
+        tx.commit()?;
+        Ok(())
+    }
+
     fn recover(&self) -> Result<(), FsError> {
         let provisional = self.meta.provisional_inodes()?;
         if !provisional.is_empty() {
@@ -142,15 +156,7 @@ impl FsCore {
             );
         }
         for (ino, inode) in provisional {
-            let mut tx = self.meta.write()?;
-            let entries = self.meta.list_dir(inode.parent, None, usize::MAX)?;
-            for (name, child) in entries {
-                if child == ino {
-                    tx.remove_dirent(inode.parent, &name)?;
-                }
-            }
-            tx.remove_inode(ino)?;
-            tx.commit()?;
+            self.remove_provisional(ino, &inode)?;
         }
         for entry in std::fs::read_dir(&self.spool_dir)? {
             let entry = entry?;
@@ -283,17 +289,57 @@ pub struct StatFs {
     pub ffree: u64,
 }
 
-impl FsCore {
-    /// statfs numbers. Until subscriptions report a quota, the mount advertises a large
-    /// virtual capacity (1 PiB) so that programs checking free space do not refuse to copy.
-    pub fn statfs(&self) -> StatFs {
-        const VIRTUAL_BLOCKS: u64 = (1u64 << 50) / 4096;
+/// Block size the statfs numbers count in (the FUSE adapter reports the same).
+pub const STATFS_BLOCK_BYTES: u64 = 4096;
+/// Capacity advertised without a quota: large (1 PiB) so that programs checking free space
+/// do not refuse to copy.
+const VIRTUAL_CAPACITY_BYTES: u64 = 1 << 50;
+/// Inodes advertised (the grid has no inode limit).
+const VIRTUAL_FILES: u64 = 1 << 40;
+
+impl StatFs {
+    /// The numbers for a subscription: with a quota, total = quota and free = quota −
+    /// charged (never below 0); without one, the virtual 1 PiB, all free.
+    pub fn for_quota(quota_bytes: Option<u64>, charged_bytes: u64) -> Self {
+        let (total, free) = match quota_bytes {
+            Some(q) => (q, q.saturating_sub(charged_bytes)),
+            None => (VIRTUAL_CAPACITY_BYTES, VIRTUAL_CAPACITY_BYTES),
+        };
+        let free_blocks = free / STATFS_BLOCK_BYTES;
         StatFs {
-            blocks: VIRTUAL_BLOCKS,
-            bfree: VIRTUAL_BLOCKS,
-            bavail: VIRTUAL_BLOCKS,
-            files: 1 << 40,
-            ffree: 1 << 40,
+            blocks: total / STATFS_BLOCK_BYTES,
+            bfree: free_blocks,
+            bavail: free_blocks,
+            files: VIRTUAL_FILES,
+            ffree: VIRTUAL_FILES,
         }
+    }
+}
+
+impl FsCore {
+    /// statfs numbers from the subscription's quota and usage (see [`StatFs::for_quota`]);
+    /// usage is as of the last terms poll.
+    pub fn statfs(&self) -> StatFs {
+        match self.grid.terms() {
+            Some(t) => StatFs::for_quota(t.subscription.limits.quota_bytes, t.usage.charged_bytes),
+            None => StatFs::for_quota(None, 0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod statfs_tests {
+    use super::*;
+
+    #[test]
+    fn statfs_follows_the_quota() {
+        let s = StatFs::for_quota(Some(10 << 20), 4 << 20);
+        assert_eq!(s.blocks * STATFS_BLOCK_BYTES, 10 << 20);
+        assert_eq!(s.bfree * STATFS_BLOCK_BYTES, 6 << 20);
+        assert_eq!(s.bavail, s.bfree);
+        assert_eq!(StatFs::for_quota(Some(1 << 20), 5 << 20).bfree, 0);
+        let v = StatFs::for_quota(None, 123);
+        assert_eq!(v.blocks * STATFS_BLOCK_BYTES, 1 << 50);
+        assert_eq!(v.bfree, v.blocks);
     }
 }

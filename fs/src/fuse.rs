@@ -28,7 +28,7 @@ use crate::meta::{Kind, Time};
 /// snapshots sealed through the control socket.
 const TTL: Duration = Duration::from_secs(1);
 /// Block size reported by stat.
-const BLOCK_SIZE: u32 = 4096;
+const BLOCK_SIZE: u32 = crate::core::STATFS_BLOCK_BYTES as u32;
 
 /// The FUSE adapter.
 pub struct FuseAdapter {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use gridback_proto::ChunkId;
 use gridback_proto::coord_api::{SnapshotInfo, SnapshotRecord, TreeChunk};
+use gridback_proto::subscription::ClientTerms;
 use serde::{Deserialize, Serialize};
 
 /// A file's content is a list of these, in order.
@@ -138,4 +139,10 @@ pub trait Grid: Send + Sync + 'static {
 
     /// One snapshot's record.
     fn snapshot_get(&self, name: String) -> BoxFuture<'_, Result<SnapshotRecord, GridError>>;
+
+    /// The client's latest terms (quota and usage for statfs); `None` when the grid has no
+    /// subscriptions (in-memory test grids).
+    fn terms(&self) -> Option<ClientTerms> {
+        None
+    }
 }

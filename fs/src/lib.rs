@@ -6,7 +6,9 @@
 //! filesystem core (`core::FsCore`, FUSE-free and async) needs. `fuse` is the thin kernel
 //! adapter over `FsCore`; `meta` is the client's local, crash-safe metadata (redb).
 //! `backup` and `restore` work straight against the grid and the `tree` format, without the
-//! mount, reporting through `progress`.
+//! mount, reporting through `progress`. `terms` keeps the coordinator's limits for this
+//! client and applies them live through `throttle` (bandwidth buckets, resizable transfer
+//! and worker limits); `latency` ranks nodes for hedged reads.
 
 pub mod backup;
 pub mod chunker;
@@ -22,12 +24,15 @@ pub mod fuse;
 pub mod grid;
 pub mod join;
 pub mod keys;
+pub mod latency;
 pub mod meta;
 pub mod node_client;
 pub mod packet;
 pub mod progress;
 pub mod reader;
 pub mod restore;
+pub mod terms;
 pub mod testing;
+pub mod throttle;
 pub mod tree;
 pub mod uploader;

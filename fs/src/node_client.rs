@@ -1,6 +1,11 @@
 //! Typed calls to storage nodes: put and get one packet, each carrying its coordinator-signed
 //! order. One pooled QUIC connection per node (server name `<node>.node.gridback`, so the
 //! client also proves it reached the node it meant), one stream per packet.
+//!
+//! Every transfer honours the process's [`LiveLimits`]: it takes a transfer permit, then its
+//! packet's bytes from the upload or download token bucket, before the call (so the call's
+//! deadline measures the node, not our own throttling). Successful gets feed the per-node
+//! latency estimate ([`NodeLatency`]) the read path orders holders by.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,6 +17,9 @@ use gridback_proto::tls::node_server_name;
 use gridback_proto::transport::{CallError, ConnPool, DEFAULT_CALL_TIMEOUT};
 use gridback_proto::{NodeId, SignedOrder};
 use tracing::{Instrument, debug_span};
+
+use crate::latency::NodeLatency;
+use crate::terms::LiveLimits;
 
 /// After a failed dial, a node is reported down without dialling again for this long: a dial
 /// to a vanished node costs the full handshake timeout, and a batch may hold many packets for
@@ -28,6 +36,10 @@ pub struct NodeClient {
     /// One dial at a time per node, and a re-check of `down` after waiting: concurrent calls
     /// to a dead node fail after one attempt instead of each waiting out the connect timeout.
     dial_locks: Arc<Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Bandwidth and transfer limits of the process.
+    limits: Arc<LiveLimits>,
+    /// Get latency per node.
+    latency: Arc<NodeLatency>,
 }
 
 /// Why a packet transfer failed.
@@ -70,7 +82,20 @@ impl NodeClient {
             timeout: DEFAULT_CALL_TIMEOUT,
             down: Arc::default(),
             dial_locks: Arc::default(),
+            limits: LiveLimits::unlimited(1),
+            latency: Arc::default(),
         }
+    }
+
+    /// Honour `limits` (shared with the rest of the process) on every transfer.
+    pub fn with_limits(mut self, limits: Arc<LiveLimits>) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The per-node get latency estimates.
+    pub fn latency(&self) -> &Arc<NodeLatency> {
+        &self.latency
     }
 
     fn check_down(&self, node: NodeId) -> Result<(), TransferError> {
@@ -133,6 +158,8 @@ impl NodeClient {
     ) -> Result<PutAck, TransferError> {
         let expected = blake3::hash(&data);
         let span = debug_span!("put", node = %node, bytes = data.len());
+        let _transfer = self.limits.transfers.acquire().await;
+        self.limits.up.acquire(data.len() as u64).await;
         self.ensure_connected(node, addr).await?;
         let head = Bytes::from(PutPacket::frame_head(&order, data.len()));
         let ack = self
@@ -161,18 +188,30 @@ impl NodeClient {
         expected_len: usize,
     ) -> Result<Vec<u8>, TransferError> {
         let span = debug_span!("get", node = %node);
-        self.ensure_connected(node, addr).await?;
-        let PacketData { data, .. } = self
-            .pool
-            .call(
-                addr,
-                &node_server_name(node),
-                GetPacket { order },
-                self.timeout,
-            )
-            .instrument(span)
-            .await?;
+        let _transfer = self.limits.transfers.acquire().await;
+        self.limits.down.acquire(expected_len as u64).await;
+        let started = Instant::now();
+        let answer = async {
+            self.ensure_connected(node, addr).await?;
+            let name = node_server_name(node);
+            let call = self
+                .pool
+                .call(addr, &name, GetPacket { order }, self.timeout);
+            Ok::<_, TransferError>(call.instrument(span).await?)
+        }
+        .await;
+        let PacketData { data, .. } = match answer {
+            Ok(a) => {
+                self.latency.record(node, started.elapsed());
+                a
+            }
+            Err(e) => {
+                self.latency.record_failure(node);
+                return Err(e);
+            }
+        };
         if data.len() != expected_len {
+            self.latency.record_failure(node);
             return Err(TransferError::Size {
                 node,
                 got: data.len(),
@@ -180,6 +219,7 @@ impl NodeClient {
             });
         }
         if blake3::hash(&data) != blake3::Hash::from_bytes(checksum) {
+            self.latency.record_failure(node);
             return Err(TransferError::Checksum { node });
         }
         Ok(data)

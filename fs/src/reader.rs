@@ -1,23 +1,35 @@
-//! The read path: locate (batched, cached briefly) → fetch any k packets (data packets on up
-//! nodes first, falling back on failure or checksum mismatch) → decode → un-pad → decrypt →
-//! decompress → verify the chunk id.
+//! The read path: locate (batched, cached briefly) → fetch any k packets → decode → un-pad →
+//! decrypt → decompress → verify the chunk id.
+//!
+//! **Hedged fetches.** A chunk's holders are ranked by [`order_holders`] (up nodes first, then
+//! by the per-node latency estimate of [`NodeLatency`], unmeasured nodes in random order).
+//! The best k are asked at once. While fewer than k packets have arrived, every hedge delay
+//! (the largest `max(2 × estimate, 30 ms)`, capped at 1 s, among the requests in flight; 200 ms
+//! for a node never measured) one more holder is asked. A failed request (node down, refused,
+//! corrupt packet: checksum or size mismatch, logged with node and packet) is replaced at
+//! once by the next holder. The first k verified packets win; the requests still in flight
+//! are cancelled, and their waiting time so far is recorded as a lower bound of their
+//! node's latency, so a stalled node sorts last for the next chunks.
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::collections::HashMap;
+
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use gridback_proto::coord_api::{ChunkLocation, LocatedPacket};
-use gridback_proto::{ChunkId, now_unix_ms};
+use gridback_proto::{ChunkId, NodeId, now_unix_ms};
 use lru::LruCache;
-use tracing::{Instrument, debug_span, warn};
+use tracing::{Instrument, debug, debug_span, warn};
 
 use crate::coord_client::{CoordClient, grid_error};
 use crate::crypto::ChunkCrypto;
 use crate::erasure::{self, ErasureParams};
 use crate::grid::{ChunkRef, GridError};
-use crate::node_client::NodeClient;
+use crate::latency::{MIN_HEDGE_DELAY, NodeLatency};
+use crate::node_client::{NodeClient, TransferError};
 use crate::packet;
 
 /// Locations remembered (a few hundred bytes each): enough for readahead over many files.
@@ -183,30 +195,66 @@ impl Reader {
             .collect())
     }
 
-    /// Fetch k good packets and decode; see the module doc.
+    /// Fetch k good packets and decode, hedging slow holders; see the module doc.
     async fn fetch(&self, chunk: ChunkRef, loc: &ChunkLocation) -> Result<Vec<u8>, GridError> {
         let id = chunk.id;
         let params = ErasureParams::new(loc.k, loc.m, loc.shard_bytes)
             .map_err(|e| unavailable(id, e.to_string()))?;
         let k = usize::from(loc.k);
-        let mut candidates: Vec<&LocatedPacket> = loc.packets.iter().collect();
-        candidates.sort_by_key(|p| (!p.node_up, p.index >= loc.k, p.index));
-        let mut next = candidates.into_iter();
+        let latency = self.nodes.latency().clone();
+        let mut next = order_holders(loc, &latency).into_iter();
         let mut inflight = FuturesUnordered::new();
+        // Requests in flight: node and start, by launch number.
+        let mut pending: HashMap<usize, (NodeId, Instant)> = HashMap::new();
+        let mut launched = 0usize;
+        let shard_bytes = params.shard_bytes();
+        // Ask holder `p`, remembering when (a macro: a closure cannot return the borrow).
+        macro_rules! launch {
+            ($p:expr) => {{
+                let (p, n) = ($p, launched);
+                pending.insert(n, (p.node, Instant::now()));
+                launched += 1;
+                inflight.push(self.get_packet(n, id, p, shard_bytes));
+            }};
+        }
         for p in next.by_ref().take(k) {
-            inflight.push(self.get_packet(id, p, params.shard_bytes()));
+            launch!(p);
         }
         let mut got: Vec<(u8, Arc<Vec<u8>>)> = Vec::new();
         let mut failures: Vec<String> = Vec::new();
         let mut attempts = 0;
-        while let Some(res) = inflight.next().await {
+        let hedge = tokio::time::sleep(hedge_delay(&pending, &latency));
+        tokio::pin!(hedge);
+        let mut can_hedge = true;
+        loop {
+            let (n, res) = tokio::select! {
+                r = inflight.next() => match r {
+                    Some(r) => r,
+                    None => break,
+                },
+                () = &mut hedge, if can_hedge => {
+                    // A holder is slow: ask one more, and wait again.
+                    match next.next() {
+                        Some(p) => {
+                            debug!(chunk = %id, node = %p.node, index = p.index,
+                                "hedged packet request");
+                            launch!(p);
+                            let at = tokio::time::Instant::now() + hedge_delay(&pending, &latency);
+                            hedge.as_mut().reset(at);
+                        }
+                        None => can_hedge = false,
+                    }
+                    continue;
+                }
+            };
+            pending.remove(&n);
             match res {
                 Ok(p) => got.push(p),
                 Err(msg) => {
                     // Fall back to the next candidate (parity, or packets on down nodes).
                     failures.push(msg);
                     if let Some(p) = next.next() {
-                        inflight.push(self.get_packet(id, p, params.shard_bytes()));
+                        launch!(p);
                     }
                     continue;
                 }
@@ -221,7 +269,14 @@ impl Reader {
                 }
                 attempts += 1;
                 match self.decode(chunk, params, subset).await {
-                    Ok(data) => return Ok(data),
+                    Ok(data) => {
+                        // The rest are cancelled (dropped with `inflight`); what they have
+                        // waited so far is a lower bound of their latency.
+                        for (node, at) in pending.values() {
+                            latency.record_straggler(*node, at.elapsed());
+                        }
+                        return Ok(data);
+                    }
                     Err(e) => {
                         warn!(chunk = %id, error = %e, "decoded chunk failed verification");
                         failures.push(e.to_string());
@@ -229,7 +284,7 @@ impl Reader {
                 }
             }
             if let Some(p) = next.next() {
-                inflight.push(self.get_packet(id, p, params.shard_bytes()));
+                launch!(p);
             }
         }
         let reason = if failures.is_empty() {
@@ -244,22 +299,35 @@ impl Reader {
         Err(unavailable(id, reason))
     }
 
+    /// Request number `n`: packet `p` of chunk `id`.
     async fn get_packet(
         &self,
+        n: usize,
         id: ChunkId,
         p: &LocatedPacket,
         shard_bytes: usize,
-    ) -> Result<(u8, Arc<Vec<u8>>), String> {
+    ) -> (usize, Result<(u8, Arc<Vec<u8>>), String>) {
         let span = debug_span!("fetch", chunk = ?id, node = %p.node, index = p.index);
         let r = self
             .nodes
             .get(p.node, &p.addr, p.order.clone(), p.checksum, shard_bytes)
             .instrument(span)
             .await;
-        r.map(|d| (p.index, Arc::new(d))).map_err(|e| {
-            warn!(chunk = %id, node = %p.node, index = p.index, error = %e, "packet fetch failed");
+        let r = r.map(|d| (p.index, Arc::new(d))).map_err(|e| {
+            let packet = p.order.order.packet;
+            if matches!(
+                e,
+                TransferError::Checksum { .. } | TransferError::Size { .. }
+            ) {
+                warn!(chunk = %id, node = %p.node, packet = %packet, index = p.index, error = %e,
+                    "node served a corrupt packet; using another holder");
+            } else {
+                warn!(chunk = %id, node = %p.node, packet = %packet, index = p.index, error = %e,
+                    "packet fetch failed");
+            }
             format!("packet {} on node {}: {e}", p.index, p.node)
-        })
+        });
+        (n, r)
     }
 
     async fn decode(
@@ -280,6 +348,53 @@ impl Reader {
         .await
         .map_err(|e| GridError::Internal(format!("decode task: {e}")))?
     }
+}
+
+/// A chunk's holders in the order to ask them: nodes the coordinator considers up first;
+/// among those, nodes never measured (in random order, so a new client spreads its first
+/// requests and learns every node) and then by latency estimate, fastest first.
+/// `LocateChunks` carries no node locations, so distance cannot rank unmeasured nodes.
+fn order_holders<'a>(loc: &'a ChunkLocation, latency: &NodeLatency) -> Vec<&'a LocatedPacket> {
+    let mut v: Vec<(&LocatedPacket, Option<Duration>)> = loc
+        .packets
+        .iter()
+        .map(|p| (p, latency.estimate(p.node)))
+        .collect();
+    shuffle(&mut v);
+    v.sort_by(|(a, ea), (b, eb)| {
+        (!a.node_up)
+            .cmp(&!b.node_up)
+            .then(ea.is_some().cmp(&eb.is_some()))
+            .then(ea.cmp(eb))
+    });
+    v.into_iter().map(|(p, _)| p).collect()
+}
+
+/// Fisher–Yates with a xorshift generator seeded from the OS: only spreads load, so it need
+/// not be cryptographic.
+fn shuffle<T>(v: &mut [T]) {
+    let mut seed = [0u8; 8];
+    let mut x = match getrandom::fill(&mut seed) {
+        Ok(()) => u64::from_le_bytes(seed) | 1,
+        Err(_) => 0x9E37_79B9_7F4A_7C15,
+    };
+    for i in (1..v.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let j = (x % (i as u64 + 1)) as usize;
+        v.swap(i, j);
+    }
+}
+
+/// How long to wait before hedging: the longest hedge delay among the requests in flight
+/// (each is `2 × its node's estimate`, clamped; see [`NodeLatency::hedge_delay`]).
+fn hedge_delay(pending: &HashMap<usize, (NodeId, Instant)>, latency: &NodeLatency) -> Duration {
+    pending
+        .values()
+        .map(|(n, _)| latency.hedge_delay(*n))
+        .max()
+        .unwrap_or(MIN_HEDGE_DELAY)
 }
 
 /// The k-subsets to try: all of `got` when it holds exactly k (`first`), else those that

@@ -3,7 +3,8 @@
 //! It runs the real chunker, chunk ids, compression, encryption and padding; sealed chunks
 //! live in a map, snapshots in memory with the same state rules as the coordinator (names
 //! unique, sealed snapshots refuse data). Chunks can be removed or corrupted to test how the
-//! core reports unavailable data.
+//! core reports unavailable data; stores can be refused the way the coordinator refuses them
+//! ([`Refusal`]), and terms can be set for statfs.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
@@ -13,6 +14,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use gridback_proto::ChunkId;
 use gridback_proto::coord_api::{SnapshotInfo, SnapshotRecord, SnapshotState, TreeChunk};
+use gridback_proto::subscription::ClientTerms;
 
 use crate::chunker::{Chunker, ChunkingParams};
 use crate::compress::Level;
@@ -27,6 +29,34 @@ struct State {
     chunks: HashMap<ChunkId, Vec<u8>>,
     /// Snapshots by name, with the chunks each references.
     snapshots: BTreeMap<String, (SnapshotRecord, HashSet<ChunkId>)>,
+    /// Refuse every store this way.
+    refusal: Option<Refusal>,
+    /// Terms reported by [`Grid::terms`].
+    terms: Option<ClientTerms>,
+}
+
+/// A refusal the coordinator can give a write, injected with [`MemGrid::refuse_stores`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The quota would be exceeded.
+    Quota,
+    /// The subscription is suspended or expired.
+    Suspended,
+    /// No placement satisfies the rules.
+    NoPlacement,
+}
+
+impl Refusal {
+    fn error(self) -> GridError {
+        match self {
+            Refusal::Quota => GridError::QuotaExceeded("quota 1 MiB, 1 MiB charged".into()),
+            Refusal::Suspended => GridError::Suspended("subscription suspended".into()),
+            Refusal::NoPlacement => GridError::NoPlacement {
+                chunk: "-".into(),
+                reason: "backup proximity min 3: no node".into(),
+            },
+        }
+    }
 }
 
 /// An in-memory grid.
@@ -68,6 +98,16 @@ impl MemGrid {
             chunking,
             state: Arc::default(),
         }
+    }
+
+    /// Refuse every following store with `refusal` (`None`: accept again).
+    pub fn refuse_stores(&self, refusal: Option<Refusal>) {
+        self.lock().refusal = refusal;
+    }
+
+    /// Set the terms [`Grid::terms`] reports.
+    pub fn set_terms(&self, terms: Option<ClientTerms>) {
+        self.lock().terms = terms;
     }
 
     /// The keys (for the tree cipher).
@@ -128,6 +168,10 @@ fn info_of(record: &SnapshotRecord, refs: &HashSet<ChunkId>) -> SnapshotInfo {
 }
 
 impl Grid for MemGrid {
+    fn terms(&self) -> Option<ClientTerms> {
+        self.lock().terms.clone()
+    }
+
     fn store_reader(
         &self,
         snapshot: String,
@@ -135,7 +179,13 @@ impl Grid for MemGrid {
     ) -> BoxFuture<'_, Result<StoredData, GridError>> {
         let (state, crypto, chunking) = (self.state.clone(), self.crypto.clone(), self.chunking);
         async move {
-            Self::open_snapshot(&self.lock(), &snapshot)?;
+            {
+                let st = self.lock();
+                Self::open_snapshot(&st, &snapshot)?;
+                if let Some(r) = st.refusal {
+                    return Err(r.error());
+                }
+            }
             let work = move || -> Result<StoredData, GridError> {
                 let mut out = StoredData::default();
                 for chunk in Chunker::new(reader, chunking, crypto.cdc_seed()) {

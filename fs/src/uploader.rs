@@ -47,6 +47,7 @@ use crate::coord_client::CoordClient;
 use crate::crypto::ChunkCrypto;
 use crate::grid::{GridError, StoredData};
 use crate::node_client::NodeClient;
+use crate::throttle::ResizableLimit;
 
 use batch::{BatchOutcome, chunk_stream};
 use pool::BufferPool;
@@ -110,8 +111,9 @@ pub struct Uploader {
     nodes: NodeClient,
     crypto: Arc<ChunkCrypto>,
     params: UploadParams,
-    /// Bounds the CPU stages over all concurrent stores.
-    cpu: Arc<Semaphore>,
+    /// Bounds the CPU stages (sealing, erasure coding) over all concurrent stores: the
+    /// coordinator's `threads` limit, else `workers`; resized live by the terms poller.
+    cpu: ResizableLimit,
     /// Nodes that failed a put recently, left out of allocations.
     failed_nodes: Mutex<HashMap<NodeId, Instant>>,
     /// `k << 8 | m` of the last allocation (0: none yet): sealing reserves room for that many
@@ -131,14 +133,26 @@ impl Drop for CloseOnDrop {
 }
 
 impl Uploader {
-    /// A pipeline over the given clients.
+    /// A pipeline over the given clients, with `params.workers` CPU workers.
     pub fn new(
         coord: CoordClient,
         nodes: NodeClient,
         crypto: Arc<ChunkCrypto>,
         params: UploadParams,
     ) -> Self {
-        let cpu = Arc::new(Semaphore::new(params.workers.max(1)));
+        let cpu = ResizableLimit::new(Some(params.workers.max(1)));
+        Self::with_cpu_limit(coord, nodes, crypto, params, cpu)
+    }
+
+    /// A pipeline whose CPU stages are bounded by `cpu` (shared, resizable while running:
+    /// see [`crate::terms::LiveLimits::threads`]).
+    pub fn with_cpu_limit(
+        coord: CoordClient,
+        nodes: NodeClient,
+        crypto: Arc<ChunkCrypto>,
+        params: UploadParams,
+        cpu: ResizableLimit,
+    ) -> Self {
         Self {
             coord,
             nodes,

@@ -256,4 +256,5 @@ async fn memory_stays_bounded_when_the_network_stalls() {
 
 #[cfg(test)]
 #[path = "pipeline_support/cluster.rs"]
+#[allow(dead_code)] // shared with live_limits.rs, which uses other parts
 mod support;

@@ -1,7 +1,7 @@
 //! Identifier newtypes. Each kind of id is its own type so that a node id can never be passed
 //! where a chunk id is expected. `Debug` prints a short hex prefix, `Display` the full hex.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::str::FromStr;
 
@@ -17,8 +17,32 @@ pub struct ParseIdError {
 macro_rules! define_id {
     ($(#[$meta:meta])* $name:ident, $len:expr, $kind:expr) => {
         $(#[$meta])*
-        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        ///
+        /// Serialized as raw bytes on the wire (postcard) and as a hex string in
+        /// human-readable formats (JSON, TOML).
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub struct $name(pub [u8; $len]);
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                if s.is_human_readable() {
+                    s.serialize_str(&hex::encode(self.0))
+                } else {
+                    self.0.serialize(s)
+                }
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                if d.is_human_readable() {
+                    let s = String::deserialize(d)?;
+                    s.parse().map_err(serde::de::Error::custom)
+                } else {
+                    <[u8; $len]>::deserialize(d).map(Self)
+                }
+            }
+        }
 
         impl $name {
             /// Length of the id in bytes.

@@ -24,7 +24,7 @@ pub mod wire;
 
 pub use error::{ErrorCode, WireError};
 pub use ids::{CertFingerprint, ChunkId, ClientId, NodeId, PacketName};
-pub use location::{Bounds, Distance, Location, Proximity};
+pub use location::{Bounds, Coords, Distance, Location, Proximity};
 pub use order::{Order, OrderOp, OrderSigner, OrderVerifier, SignedOrder};
 pub use wire::{PROTOCOL_VERSION, Rpc};
 

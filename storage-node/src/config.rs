@@ -10,6 +10,8 @@
 //! ca_file = "/etc/gridback/ca.crt"      # the cluster CA, needed to join
 //! join_token_file = "/etc/gridback/token"  # needed only before the node has an identity
 //! label = "node-1"                      # default: the host name
+//! location = "eu/eu-1/rack7-a"          # REGION/ZONE/HOST; default: default/default/<host name>
+//! coords = "48.14,11.58"                # optional LAT,LON in degrees
 //! heartbeat_interval = "2s"
 //! ```
 
@@ -17,6 +19,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use gridback_proto::Location;
+use gridback_proto::location::Coords;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
@@ -61,6 +65,14 @@ pub struct NodeConfig {
         default = "default_heartbeat_interval"
     )]
     pub heartbeat_interval: Duration,
+    /// Where the node is, `REGION/ZONE/HOST` (labels of `A-Z a-z 0-9 - _ .`), sent in every
+    /// heartbeat; placement rules measure distances with it. An operator's override at the
+    /// coordinator wins.
+    #[serde(default = "default_location")]
+    pub location: String,
+    /// Optional coordinates, `LAT,LON` in degrees, for distance bounds in kilometres.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coords: Option<String>,
 }
 
 /// Default byte limit of the allocated storage: 10 GiB, enough for a trial grid on one disk.
@@ -81,6 +93,34 @@ pub fn default_label() -> String {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "node".to_string())
+}
+
+/// Default location: `default/default/<host name>`, so a grid without any location settings
+/// still tells its hosts apart (the host label is the host name, cleaned to label
+/// characters).
+pub fn default_location() -> String {
+    format!("default/default/{}", host_label(&default_label()))
+}
+
+/// `name` reduced to the characters a location label allows (others become `-`), cut to
+/// the label length limit; `host` if nothing is left.
+fn host_label(name: &str) -> String {
+    let label: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(gridback_proto::location::MAX_LABEL_BYTES)
+        .collect();
+    if label.is_empty() {
+        "host".into()
+    } else {
+        label
+    }
 }
 
 /// Default heartbeat interval: 2 s, so a coordinator with a failure timeout of a few
@@ -105,7 +145,24 @@ impl NodeConfig {
             join_token_file: None,
             label: default_label(),
             heartbeat_interval: default_heartbeat_interval(),
+            location: default_location(),
+            coords: None,
         }
+    }
+
+    /// The node's location, from `location` and `coords` (checked by [`Self::validate`]).
+    pub fn location(&self) -> Result<Location, ConfigError> {
+        let mut loc: Location = self
+            .location
+            .parse()
+            .map_err(|e| ConfigError::Invalid(format!("location: {e}")))?;
+        if let Some(c) = &self.coords {
+            let c: Coords = c
+                .parse()
+                .map_err(|e| ConfigError::Invalid(format!("coords: {e}")))?;
+            loc.coords = Some(c);
+        }
+        Ok(loc)
     }
 
     /// Read and validate a config file.
@@ -152,6 +209,7 @@ impl NodeConfig {
                 "heartbeat_interval must be at least {MIN_HEARTBEAT_INTERVAL:?}"
             )));
         }
+        self.location()?;
         Ok(())
     }
 
@@ -204,6 +262,8 @@ mod tests {
             join_token_file = "/etc/token"
             label = "node-1"
             heartbeat_interval = "500ms"
+            location = "eu/eu-1/rack7-a"
+            coords = "48.14,11.58"
             "#,
         )
         .unwrap();
@@ -212,6 +272,9 @@ mod tests {
         assert_eq!(c.advertise_addr.as_deref(), Some("192.0.2.7:7401"));
         assert_eq!(c.heartbeat_interval, Duration::from_millis(500));
         assert_eq!(c.label, "node-1");
+        let loc = c.location().unwrap();
+        assert_eq!(loc.labels(), "eu/eu-1/rack7-a");
+        assert_eq!(loc.coords.map(|c| c.lat), Some(48.14));
         assert_eq!(NodeConfig::from_toml(&c.to_toml()).unwrap(), c);
     }
 
@@ -225,6 +288,8 @@ mod tests {
         let text = c.to_toml();
         assert!(text.contains("capacity = \"10GiB\""), "{text}");
         assert!(text.contains("heartbeat_interval = \"2s\""), "{text}");
+        assert!(text.contains("location = \"default/default/"), "{text}");
+        assert!(c.location().unwrap().coords.is_none());
         assert_eq!(NodeConfig::from_toml(&text).unwrap(), c);
         assert_eq!(NodeConfig::new("/d", "c:1"), c);
     }
@@ -243,6 +308,12 @@ mod tests {
         let e =
             NodeConfig::from_toml(&format!("{base}heartbeat_interval = \"1ms\"\n")).unwrap_err();
         assert!(e.to_string().contains("heartbeat_interval"), "{e}");
+        let e = NodeConfig::from_toml(&format!("{base}location = \"eu/z1\"\n")).unwrap_err();
+        assert!(e.to_string().contains("location"), "{e}");
+        let e = NodeConfig::from_toml(&format!("{base}coords = \"95,0\"\n")).unwrap_err();
+        assert!(e.to_string().contains("coords"), "{e}");
+        assert_eq!(host_label("my host!"), "my-host-");
+        assert_eq!(host_label(""), "host");
     }
 
     #[test]

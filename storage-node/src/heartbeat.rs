@@ -3,17 +3,22 @@
 //! coordinator learns the node's address. Each answer refreshes the order key and is checked
 //! against the grid recorded in the data dir; a coordinator of another grid stops the node.
 //! Anything else that goes wrong is logged and retried at the next interval.
+//!
+//! Each answer also carries the operator's storage allocation for this node (applied to the
+//! store at once; `None` returns to the configured capacity) and the per-client limits the
+//! node enforces (applied to the shared [`ClientGates`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use gridback_proto::NodeId;
 use gridback_proto::coord_api::{HeartbeatAck, NodeHeartbeat};
 use gridback_proto::tls::COORDINATOR_SERVER_NAME;
 use gridback_proto::transport::{CallError, ConnPool};
+use gridback_proto::{Location, NodeId};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::client_limits::ClientGates;
 use crate::error::{NodeError, is_untrusted_certificate};
 use crate::join::{NodeIdentity, save_order_key};
 use crate::service::OrderKey;
@@ -60,6 +65,23 @@ pub struct HeartbeatWorker {
     persist: Option<(PathBuf, NodeIdentity)>,
     state: WorkerState,
     failures: u64,
+    /// Sent in every heartbeat.
+    location: Location,
+    /// The configured byte limit, used when the coordinator sets none.
+    config_capacity_bytes: u64,
+    /// Per-client limits, refreshed from every answer.
+    gates: ClientGates,
+}
+
+/// What the worker sends besides usage, and what it applies from the answers.
+#[derive(Debug, Clone)]
+pub struct BeatSettings {
+    /// The node's location.
+    pub location: Location,
+    /// The configured byte limit.
+    pub config_capacity_bytes: u64,
+    /// Per-client limits to refresh.
+    pub gates: ClientGates,
 }
 
 impl HeartbeatWorker {
@@ -74,6 +96,7 @@ impl HeartbeatWorker {
         order_key: OrderKey,
         identity: &NodeIdentity,
         persist_to: Option<PathBuf>,
+        settings: BeatSettings,
     ) -> Self {
         Self {
             pool,
@@ -87,6 +110,9 @@ impl HeartbeatWorker {
             persist: persist_to.map(|dir| (dir, identity.clone())),
             state: WorkerState::Idle,
             failures: 0,
+            location: settings.location,
+            config_capacity_bytes: settings.config_capacity_bytes,
+            gates: settings.gates,
         }
     }
 
@@ -154,6 +180,7 @@ impl HeartbeatWorker {
             used_bytes: usage.used_bytes,
             packet_count: usage.packet_count,
             pid: std::process::id(),
+            location: self.location.clone(),
         };
         let addr = &self.coordinator_addr;
         let ack = match self
@@ -192,6 +219,17 @@ impl HeartbeatWorker {
         if ack.node != self.node_id {
             warn!(coordinator_says = %ack.node, "the coordinator knows this node by another id");
         }
+        let capacity = ack.capacity_bytes.unwrap_or(self.config_capacity_bytes);
+        let before = self.store.set_capacity(capacity);
+        if before != capacity {
+            info!(
+                capacity_bytes = capacity,
+                previous_bytes = before,
+                from_operator = ack.capacity_bytes.is_some(),
+                "storage allocation changed"
+            );
+        }
+        self.gates.update(&ack.client_limits);
         debug!(
             used_bytes = self.store.usage().used_bytes,
             "heartbeat acknowledged"

@@ -7,10 +7,12 @@
 //! against the packet's checksum before it is served.
 //!
 //! Reading order: [`config`] (what an operator sets), [`store`] (packets on disk), [`service`]
-//! (order checks and dispatch), [`join`] (identity), [`heartbeat`] (liveness towards the
+//! (order checks and dispatch), [`client_limits`] and [`throttle`] (per-client
+//! bandwidth, transfers and write permission, set by the coordinator), [`join`] (identity), [`heartbeat`] (liveness towards the
 //! coordinator), [`server`] (wiring it together: `Server::bind` then `Server::run`).
 #![warn(missing_docs)]
 
+pub mod client_limits;
 pub mod config;
 pub mod error;
 pub mod heartbeat;
@@ -18,7 +20,9 @@ pub mod join;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod throttle;
 
+pub use client_limits::ClientGates;
 pub use config::NodeConfig;
 pub use error::{ConfigError, JoinError, NodeError, StoreError};
 pub use join::NodeIdentity;

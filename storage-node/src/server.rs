@@ -12,9 +12,10 @@ use gridback_proto::transport::{self, ConnPool};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
+use crate::client_limits::ClientGates;
 use crate::config::NodeConfig;
 use crate::error::NodeError;
-use crate::heartbeat::HeartbeatWorker;
+use crate::heartbeat::{BeatSettings, HeartbeatWorker};
 use crate::join::{self, NodeIdentity};
 use crate::service::{NodeService, OrderKey};
 use crate::store::{PacketStore, StoreUsage};
@@ -36,6 +37,7 @@ pub struct Server {
     local_addr: SocketAddr,
     store: PacketStore,
     order_key: OrderKey,
+    gates: ClientGates,
     span: tracing::Span,
 }
 
@@ -101,6 +103,7 @@ impl Server {
             local_addr,
             store,
             order_key,
+            gates: ClientGates::default(),
             span,
         })
     }
@@ -133,6 +136,12 @@ impl Server {
         &self.store
     }
 
+    /// The per-client limits the node enforces (refreshed by heartbeats; shared with the
+    /// running server, so tests can set them directly).
+    pub fn client_gates(&self) -> &ClientGates {
+        &self.gates
+    }
+
     /// Current usage of the allocated storage.
     pub fn usage(&self) -> StoreUsage {
         self.store.usage()
@@ -153,12 +162,15 @@ impl Server {
         }
         info!(addr = %self.local_addr, advertise = %advertise, "storage node running");
         let stop = shutdown.child_token();
-        let service = Arc::new(NodeService::new(
-            self.identity.node_id,
-            self.store.clone(),
-            self.order_key.clone(),
-            self.span.clone(),
-        ));
+        let service = Arc::new(
+            NodeService::new(
+                self.identity.node_id,
+                self.store.clone(),
+                self.order_key.clone(),
+                self.span.clone(),
+            )
+            .with_gates(self.gates.clone()),
+        );
         let serve = tokio::spawn(
             transport::serve(self.endpoint.clone(), service, stop.clone()).in_current_span(),
         );
@@ -172,6 +184,11 @@ impl Server {
             self.order_key.clone(),
             &self.identity,
             persist_to,
+            BeatSettings {
+                location: self.config.location()?,
+                config_capacity_bytes: self.config.capacity_bytes,
+                gates: self.gates.clone(),
+            },
         );
         let result = worker.run(stop.clone()).await;
         if let Err(e) = &result {

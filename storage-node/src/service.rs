@@ -13,6 +13,7 @@ use gridback_proto::wire::FrameError;
 use gridback_proto::{ErrorCode, NodeId, OrderOp, OrderVerifier, SignedOrder, WireError};
 use tracing::{Instrument, debug, debug_span, warn};
 
+use crate::client_limits::ClientGates;
 use crate::store::PacketStore;
 
 /// The coordinator's order key, shared by the service (which checks orders) and the heartbeat
@@ -66,6 +67,7 @@ pub struct NodeService {
     node_id: NodeId,
     store: PacketStore,
     order_key: OrderKey,
+    gates: ClientGates,
     span: tracing::Span,
 }
 
@@ -91,18 +93,31 @@ impl NodeService {
             node_id,
             store,
             order_key,
+            gates: ClientGates::default(),
             span,
         }
     }
 
-    /// Check that `signed` allows `op` on its packet for this node and this peer.
-    fn check(&self, peer: &Peer, signed: &SignedOrder, op: OrderOp) -> Result<(), WireError> {
-        let client = peer.fingerprint.ok_or_else(|| {
+    /// Enforce `gates` (per-client limits, shared with the heartbeat worker that refreshes
+    /// them).
+    pub fn with_gates(mut self, gates: ClientGates) -> Self {
+        self.gates = gates;
+        self
+    }
+
+    /// The client's certificate on this connection (checked by [`Self::check`] first).
+    fn client(peer: &Peer) -> Result<gridback_proto::CertFingerprint, WireError> {
+        peer.fingerprint.ok_or_else(|| {
             WireError::new(
                 ErrorCode::Unauthorized,
                 "no client certificate on this connection",
             )
-        })?;
+        })
+    }
+
+    /// Check that `signed` allows `op` on its packet for this node and this peer.
+    fn check(&self, peer: &Peer, signed: &SignedOrder, op: OrderOp) -> Result<(), WireError> {
+        let client = Self::client(peer)?;
         let o = &signed.order;
         self.order_key
             .verifier()
@@ -141,6 +156,14 @@ impl NodeService {
             ));
         }
         let packet = o.packet;
+        let admission = self
+            .gates
+            .admit(&Self::client(&peer)?, true)
+            .await
+            .inspect_err(|e| {
+                warn!(packet = %packet, peer = %peer.addr, error = %e, "put refused");
+            })?;
+        admission.upload(req.data.len() as u64).await;
         let ack = self.store.put(packet, req.data).await?;
         debug!(packet = %packet, already_present = ack.already_present, "packet stored");
         Ok(ack)
@@ -148,7 +171,10 @@ impl NodeService {
 
     async fn get(&self, peer: Peer, req: GetPacket) -> Result<PacketData, WireError> {
         self.check(&peer, &req.order, OrderOp::Get)?;
-        Ok(self.store.get(req.order.order.packet).await?)
+        let admission = self.gates.admit(&Self::client(&peer)?, false).await?;
+        let data = self.store.get(req.order.order.packet).await?;
+        admission.download(data.data.len() as u64).await;
+        Ok(data)
     }
 
     async fn delete(&self, peer: Peer, req: DeletePacket) -> Result<Deleted, WireError> {

@@ -55,7 +55,8 @@ pub struct PacketStore {
 #[derive(Debug)]
 struct Inner {
     dir: PathBuf,
-    capacity_bytes: u64,
+    /// The byte limit in force; changed live by the coordinator's heartbeat answers.
+    capacity_bytes: AtomicU64,
     used_bytes: AtomicU64,
     packet_count: AtomicU64,
     /// Put locks, chosen by the first byte of the packet name.
@@ -107,10 +108,20 @@ impl PacketStore {
     /// Current usage.
     pub fn usage(&self) -> StoreUsage {
         StoreUsage {
-            capacity_bytes: self.inner.capacity_bytes,
+            capacity_bytes: self.inner.capacity_bytes.load(Ordering::SeqCst),
             used_bytes: self.inner.used_bytes.load(Ordering::SeqCst),
             packet_count: self.inner.packet_count.load(Ordering::SeqCst),
         }
+    }
+
+    /// Change the byte limit while running. Packets already stored stay even when they now
+    /// exceed it; new puts are refused until enough is deleted. Reservations compare against
+    /// the limit in force when they are made, so the limit is never exceeded by a put that
+    /// started after the change. Returns the previous limit.
+    pub fn set_capacity(&self, capacity_bytes: u64) -> u64 {
+        self.inner
+            .capacity_bytes
+            .swap(capacity_bytes, Ordering::SeqCst)
     }
 
     /// Path of the file that holds (or would hold) a packet.
@@ -174,7 +185,7 @@ impl Inner {
         );
         Ok(Self {
             dir,
-            capacity_bytes,
+            capacity_bytes: AtomicU64::new(capacity_bytes),
             used_bytes: AtomicU64::new(used),
             packet_count: AtomicU64::new(count),
             put_locks: (0..PUT_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
@@ -191,16 +202,16 @@ impl Inner {
 
     /// Reserve `need` bytes of the allocation, or refuse with NodeFull.
     fn reserve(&self, need: u64) -> Result<(), StoreError> {
+        let capacity = self.capacity_bytes.load(Ordering::SeqCst);
         self.used_bytes
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
-                used.checked_add(need)
-                    .filter(|total| *total <= self.capacity_bytes)
+                used.checked_add(need).filter(|total| *total <= capacity)
             })
             .map(|_| ())
             .map_err(|used| StoreError::NodeFull {
                 need,
                 used,
-                capacity: self.capacity_bytes,
+                capacity,
             })
     }
 

@@ -40,6 +40,12 @@ pub struct LocalGridProcess {
 impl LocalGridProcess {
     /// Start `gridback local up --nodes N` and wait until the mount answers.
     pub fn start(data: &Path, mount: &Path, nodes: usize) -> Self {
+        Self::start_with(data, mount, &["--nodes", &nodes.to_string()])
+    }
+
+    /// Start `gridback local up ARGS…` (e.g. `--topology FILE`) and wait until the mount
+    /// answers.
+    pub fn start_with(data: &Path, mount: &Path, args: &[&str]) -> Self {
         std::fs::create_dir_all(data).unwrap();
         std::fs::create_dir_all(mount).unwrap();
         let log = data.with_extension("local-up.log");
@@ -49,7 +55,8 @@ impl LocalGridProcess {
             .open(&log)
             .unwrap();
         let child = Command::new(gridback_bin())
-            .args(["local", "up", "--nodes", &nodes.to_string()])
+            .args(["local", "up"])
+            .args(args)
             .arg("--data")
             .arg(data)
             .arg("--mount")
@@ -114,6 +121,43 @@ impl LocalGridProcess {
             .arg(&self.config)
             .output()
             .expect("run gridback")
+    }
+
+    /// Run `gridback admin ARGS… --config DIR/admin.toml`.
+    pub fn admin(&self, args: &[&str]) -> Output {
+        Command::new(gridback_bin())
+            .arg("admin")
+            .args(args)
+            .arg("--config")
+            .arg(self.data.join("admin.toml"))
+            .output()
+            .expect("run gridback admin")
+    }
+
+    /// `gridback admin ARGS… --json`, which must succeed, parsed.
+    pub fn admin_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let out = self.admin(&a);
+        assert!(
+            out.status.success(),
+            "gridback admin {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "gridback admin {args:?}: not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// This grid's client id, from `gridback status --json`.
+    pub fn client_id(&self) -> String {
+        self.status()["client"]
+            .as_str()
+            .expect("status names the client")
+            .to_string()
     }
 
     /// `gridback status --json`.

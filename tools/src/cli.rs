@@ -4,6 +4,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+mod admin;
+pub use admin::*;
+
 /// gridback: a backup filesystem over a grid of storage nodes.
 ///
 /// Copy files into MOUNT/snapshots/NAME, seal the snapshot, browse any old snapshot as
@@ -47,6 +50,10 @@ pub enum Command {
     Backup(BackupArgs),
     /// Restore a sealed snapshot (or a path inside it) into a directory.
     Restore(RestoreArgs),
+    /// Operator commands: records, placement rules, subscriptions, requested backups.
+    Admin(AdminArgs),
+    /// Run the client agent: pick up backups the coordinator requests, run and seal them.
+    Agent(AgentArgs),
     /// Measure throughput, CPU and memory of a local grid.
     Bench(BenchArgs),
     /// Print a configuration file with every default filled in.
@@ -71,9 +78,16 @@ pub enum LocalCmd {
 
 #[derive(Debug, Args)]
 pub struct LocalUpArgs {
-    /// Number of storage nodes.
-    #[arg(long, default_value_t = 6, env = "GRIDBACK_NODES")]
-    pub nodes: usize,
+    /// Number of storage nodes (default 6, or one per `node` line of --topology).
+    #[arg(long, env = "GRIDBACK_NODES")]
+    pub nodes: Option<usize>,
+    /// Simulated locations: a file of lines `node REGION/ZONE/HOST [LAT,LON]` (one per node,
+    /// in order) and `client REGION/ZONE/HOST [LAT,LON]`; `#` starts a comment.
+    #[arg(long, env = "GRIDBACK_TOPOLOGY", value_name = "FILE")]
+    pub topology: Option<PathBuf>,
+    /// Do not start the client agent (which runs backups the coordinator requests).
+    #[arg(long)]
+    pub no_agent: bool,
     /// Directory holding the whole grid's state (created if missing).
     #[arg(long, env = "GRIDBACK_DATA", value_name = "DIR")]
     pub data: PathBuf,
@@ -244,6 +258,13 @@ pub struct BenchArgs {
     /// Work directory (default: a temporary directory, removed afterwards).
     #[arg(long, value_name = "DIR")]
     pub workdir: Option<PathBuf>,
+    /// Phases to run, comma-separated: write, read (needs write), browse, cat-restore,
+    /// placement; or `all`.
+    #[arg(long, value_delimiter = ',', default_value = "write,read", value_name = "LIST")]
+    pub phases: Vec<String>,
+    /// Files in the browse phase's snapshot.
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    pub browse_files: usize,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,

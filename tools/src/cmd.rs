@@ -1,5 +1,7 @@
 //! One module per subcommand.
 
+mod admin;
+mod agent;
 mod backup;
 mod bench;
 mod daemons;
@@ -30,6 +32,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(a) => status::run(a).await,
         Command::Backup(a) => backup::run(a).await,
         Command::Restore(a) => restore::run(a).await,
+        Command::Admin(a) => admin::run(a, stop).await,
+        Command::Agent(a) => agent::run(a, stop).await,
         Command::Bench(a) => bench::run(a).await,
         Command::PrintConfig(a) => print_config::run(a),
     }

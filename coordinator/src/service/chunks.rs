@@ -15,12 +15,16 @@ use gridback_proto::{
     now_unix_ms,
 };
 
+use gridback_proto::subscription::Subscription;
+use tracing::warn;
+
 use super::{Inner, Reply, bad_request, check_batch, store_err};
 use crate::erasure::{choose_erasure, shard_bytes};
 use crate::membership::node_state;
 use crate::pending::{PendingChunk, Slot};
-use crate::sequence::{NodeCandidate, eligible, packet_name, sequence};
-use crate::store::{CommitBatch, NodeRecord};
+use crate::placement::{PlacementNode, Topology};
+use crate::sequence::packet_name;
+use crate::store::{CommitBatch, NodeRecord, PlaceRecord, quota_message};
 
 /// Largest packet the coordinator hands out: a node must receive it in one frame together
 /// with its order, so leave 64 KiB of the frame limit for the rest of the message.
@@ -33,7 +37,7 @@ fn no_placement(msg: String) -> WireError {
 /// The grid as placement sees it at one instant.
 struct Grid {
     nodes: HashMap<NodeId, NodeRecord>,
-    candidates: Vec<NodeCandidate>,
+    topo: Topology,
 }
 
 impl Grid {
@@ -43,40 +47,77 @@ impl Grid {
             .map(|n| n.addr.clone())
             .unwrap_or_default()
     }
-
-    /// Reserve `bytes` on `node` for the rest of this request.
-    fn reserve(&mut self, node: NodeId, bytes: u64) {
-        if let Some(c) = self.candidates.iter_mut().find(|c| c.id == node) {
-            c.free_bytes = c.free_bytes.saturating_sub(bytes);
-        }
-    }
-
-    fn up_count(&self, exclude: &[NodeId]) -> usize {
-        self.candidates
-            .iter()
-            .filter(|c| c.up && !exclude.contains(&c.id))
-            .count()
-    }
 }
 
 impl Inner {
-    fn grid(&self, now: u64) -> Reply<Grid> {
+    /// The request's view of the grid: effective locations and capacities, liveness, room
+    /// left after in-flight allocations, and `exclude` left out.
+    fn grid(&self, now: u64, exclude: &[NodeId]) -> Reply<Grid> {
         let in_flight = self.pending.in_flight_bytes(now);
         let nodes: HashMap<NodeId, NodeRecord> =
             self.store.nodes().map_err(store_err)?.into_iter().collect();
-        let candidates = nodes
+        let places: HashMap<NodeId, PlaceRecord> = self
+            .store
+            .node_places()
+            .map_err(store_err)?
+            .into_iter()
+            .collect();
+        let ids: Vec<NodeId> = nodes.keys().copied().collect();
+        let ring = self.ring.get(&self.secrets.sequence_key, &ids);
+        let members = nodes
             .iter()
-            .map(|(id, n)| NodeCandidate {
-                id: *id,
-                up: !n.addr.is_empty()
-                    && node_state(n, now, self.settings.node_timeout) == NodeState::Up,
-                free_bytes: n
-                    .capacity_bytes
-                    .saturating_sub(n.used_bytes)
-                    .saturating_sub(in_flight.get(id).copied().unwrap_or(0)),
+            .map(|(id, n)| {
+                let place = places.get(id).cloned().unwrap_or_default();
+                let capacity = place.capacity_override.unwrap_or(n.capacity_bytes);
+                PlacementNode {
+                    id: *id,
+                    location: place.effective(&id.to_string()),
+                    up: !n.addr.is_empty()
+                        && node_state(n, now, self.settings.node_timeout) == NodeState::Up,
+                    free_bytes: capacity
+                        .saturating_sub(n.used_bytes)
+                        .saturating_sub(in_flight.get(id).copied().unwrap_or(0)),
+                }
             })
             .collect();
-        Ok(Grid { nodes, candidates })
+        Ok(Grid {
+            topo: Topology::new(ring, members, exclude),
+            nodes,
+        })
+    }
+
+    /// Refuse an allocation whose new chunks would push the client's charged bytes past its
+    /// quota (the rule on `proto::subscription::Usage`: `k × packet bytes` once per chunk).
+    fn check_quota(
+        &self,
+        client: ClientId,
+        sub: &Subscription,
+        a: &AllocateChunks,
+        k: u8,
+    ) -> Reply<()> {
+        let Some(quota) = sub.limits.quota_bytes else {
+            return Ok(());
+        };
+        let ids: Vec<ChunkId> = a.chunks.iter().map(|c| c.id).collect();
+        let referenced = self
+            .store
+            .chunk_refs_of_client(&client, &ids)
+            .map_err(store_err)?;
+        let mut seen = HashSet::new();
+        let needed: u64 = a
+            .chunks
+            .iter()
+            .zip(referenced)
+            .filter(|(c, r)| !r && seen.insert(c.id))
+            .map(|(c, _)| u64::from(k).saturating_mul(shard_bytes(c.blob_bytes, k)))
+            .fold(0u64, u64::saturating_add);
+        let used = self.store.usage(&client).map_err(store_err)?.charged_bytes;
+        if needed > 0 && used.saturating_add(needed) > quota {
+            let msg = quota_message(&client, used, quota, needed);
+            warn!(client = %client, "write refused: {msg}");
+            return Err(WireError::new(ErrorCode::QuotaExceeded, msg));
+        }
+        Ok(())
     }
 
     fn put_target(
@@ -114,12 +155,13 @@ impl Inner {
         &self,
         client: ClientId,
         fp: CertFingerprint,
+        sub: &Subscription,
         a: AllocateChunks,
     ) -> Reply<Allocations> {
         check_batch("allocate_chunks", a.chunks.len())?;
         let now = now_unix_ms();
-        let mut grid = self.grid(now)?;
-        let up = grid.up_count(&a.exclude);
+        let mut grid = self.grid(now, &a.exclude)?;
+        let up = grid.topo.up_count();
         let (k, m) = choose_erasure(self.settings.erasure_k, self.settings.erasure_m, up)
             .ok_or_else(|| {
                 no_placement(format!(
@@ -129,6 +171,9 @@ impl Inner {
                 ))
             })?;
         let n = usize::from(k) + usize::from(m);
+        self.check_quota(client, sub, &a, k)?;
+        let rules = self.rules_for(sub)?;
+        let src = grid.topo.source(&self.client_location(&client)?);
         let mut out = Vec::with_capacity(a.chunks.len());
         let mut pending = Vec::with_capacity(a.chunks.len());
         for c in &a.chunks {
@@ -141,17 +186,14 @@ impl Inner {
                     format_size(MAX_SHARD_BYTES)
                 )));
             }
-            let ok = eligible(&grid.candidates, shard, &a.exclude);
-            let seq = sequence(&self.secrets.sequence_key, &c.id, &ok, n);
-            if seq.len() < n {
-                return Err(no_placement(format!(
-                    "chunk {}: need {n} nodes with {} free for {k}+{m} packets, {} of {up} up \
-                     nodes have room",
-                    c.id,
-                    format_size(shard),
-                    ok.len()
-                )));
-            }
+            let seq = grid
+                .topo
+                .place(&c.id, n, &[], shard, &src, &rules)
+                .map_err(|short| {
+                    let msg = short.message(&c.id, n, shard);
+                    warn!(client = %client, chunk = %c.id, constraint = short.constraint(), "{msg}");
+                    no_placement(msg)
+                })?;
             let slots: Vec<Slot> = seq
                 .iter()
                 .zip(0u8..)
@@ -162,7 +204,7 @@ impl Inner {
                 })
                 .collect();
             for s in &slots {
-                grid.reserve(s.node, shard);
+                grid.topo.reserve(&s.node, shard);
             }
             let targets = slots
                 .iter()
@@ -198,6 +240,7 @@ impl Inner {
         &self,
         client: ClientId,
         fp: CertFingerprint,
+        sub: &Subscription,
         r: ReplaceTargets,
     ) -> Reply<Replacements> {
         let now = now_unix_ms();
@@ -224,20 +267,26 @@ impl Inner {
                 r.id
             )));
         }
-        let mut grid = self.grid(now)?;
         let mut exclude = r.exclude.clone();
         exclude.extend(p.slots.iter().map(|s| s.node));
-        let ok = eligible(&grid.candidates, p.shard_bytes, &exclude);
-        let seq = sequence(&self.secrets.sequence_key, &r.id, &ok, r.indices.len());
-        if seq.len() < r.indices.len() {
-            return Err(no_placement(format!(
-                "chunk {}: need {} more nodes with {} free, {} qualify",
-                r.id,
-                r.indices.len(),
-                format_size(p.shard_bytes),
-                ok.len()
-            )));
+        let mut grid = self.grid(now, &exclude)?;
+        // The packets that stay where they are: the latest slot of every index not replaced.
+        let mut kept: HashMap<u8, NodeId> = HashMap::new();
+        for s in p.slots.iter().filter(|s| !indices.contains(&s.index)) {
+            kept.insert(s.index, s.node);
         }
+        let fixed: Vec<NodeId> = kept.into_values().collect();
+        let rules = self.rules_for(sub)?;
+        let src = grid.topo.source(&self.client_location(&client)?);
+        let need = r.indices.len();
+        let seq = grid
+            .topo
+            .place(&r.id, need, &fixed, p.shard_bytes, &src, &rules)
+            .map_err(|short| {
+                let msg = short.message(&r.id, need, p.shard_bytes);
+                warn!(client = %client, chunk = %r.id, constraint = short.constraint(), "{msg}");
+                no_placement(msg)
+            })?;
         let slots: Vec<Slot> = r
             .indices
             .iter()
@@ -249,7 +298,7 @@ impl Inner {
             })
             .collect();
         for s in &slots {
-            grid.reserve(s.node, p.shard_bytes);
+            grid.topo.reserve(&s.node, p.shard_bytes);
         }
         self.pending
             .add_slots(client, r.id, &slots, self.order_expiry(now));
@@ -303,7 +352,12 @@ impl Inner {
         Ok(())
     }
 
-    pub(super) fn commit(&self, client: ClientId, c: CommitChunks) -> Reply<Committed> {
+    pub(super) fn commit(
+        &self,
+        client: ClientId,
+        sub: &Subscription,
+        c: CommitChunks,
+    ) -> Reply<Committed> {
         check_batch("commit_chunks", c.chunks.len() + c.refs.len())?;
         super::snapshots::validate_name(&c.snapshot)?;
         let now = now_unix_ms();
@@ -314,6 +368,7 @@ impl Inner {
             chunks: c.chunks,
             refs: c.refs,
             now_unix_ms: now,
+            quota_bytes: sub.limits.quota_bytes,
         };
         let out = self
             .store

@@ -59,6 +59,13 @@ impl Inner {
                     "node.join",
                 )
             }
+            Role::Admin => {
+                warn!(peer = %peer.addr, "join refused: admin role requested");
+                return Err(unauthorized(
+                    "admin certificates are issued only by the coordinator itself \
+                     (see DATA_DIR/admin)",
+                ));
+            }
             Role::Client => {
                 let id = ClientId::random();
                 let rec = ClientRecord {
@@ -148,10 +155,19 @@ impl Inner {
         self.store
             .update_node(&id, &rec, entry.as_ref())
             .map_err(store_err)?;
+        let mut place = self.store.node_place(&id).map_err(store_err)?;
+        if place.reported.as_ref() != Some(&h.location) {
+            place.reported = Some(h.location);
+            self.store
+                .set_node_place(&id, &place, None)
+                .map_err(store_err)?;
+        }
         Ok(HeartbeatAck {
             node: id,
             order_public_key: self.order_public_key.clone(),
             grid: self.secrets.grid,
+            capacity_bytes: place.capacity_override,
+            client_limits: self.client_limits()?,
         })
     }
 
@@ -162,11 +178,19 @@ impl Inner {
         rec.pid = h.pid;
         rec.last_seen_unix_ms = now_unix_ms();
         self.store.update_client(&id, &rec).map_err(store_err)?;
+        let mut place = self.store.client_place(&id).map_err(store_err)?;
+        if place.reported.as_ref() != Some(&h.location) {
+            place.reported = Some(h.location);
+            self.store
+                .set_client_place(&id, &place, None)
+                .map_err(store_err)?;
+        }
         Ok(ClientWelcome {
             client: id,
             grid: self.secrets.grid,
             erasure_k: self.settings.erasure_k,
             erasure_m: self.settings.erasure_m,
+            terms: self.terms(id)?,
         })
     }
 }

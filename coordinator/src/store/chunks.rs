@@ -1,6 +1,9 @@
 //! Chunks: the dedup index (one stored copy per id), the clients referencing each chunk, and
 //! the packets each node holds (the target data record).
 
+use std::collections::{BTreeSet, HashSet};
+
+use gridback_proto::subscription::Usage;
 use gridback_proto::{ChunkId, ClientId, NodeId, PacketName};
 use redb::{ReadTransaction, ReadableTable, Table, WriteTransaction};
 
@@ -11,8 +14,68 @@ use super::redb_store::{
 };
 use super::{
     ChunkRecord, CommitBatch, CommitOutcome, GridStats, NewLogEntry, StoreError, StoredPacket,
-    clients, log, snapshots,
+    clients, log, snapshots, subscriptions,
 };
+
+/// What referencing a chunk charges a client: its data size, `k × packet bytes`.
+pub fn charge_of(rec: &ChunkRecord) -> u64 {
+    u64::from(rec.k).saturating_mul(rec.shard_bytes)
+}
+
+pub(super) fn get(tx: &ReadTransaction, id: &ChunkId) -> Result<Option<ChunkRecord>, StoreError> {
+    tx.open_table(CHUNKS)?
+        .get(id.as_bytes())?
+        .map(|v| decode("chunks", v.value()))
+        .transpose()
+}
+
+/// Every client referencing a chunk.
+pub(super) fn sources(tx: &ReadTransaction, id: &ChunkId) -> Result<Vec<ClientId>, StoreError> {
+    let t = tx.open_table(CHUNK_REFS)?;
+    let mut out = Vec::new();
+    for row in t.range((id.0, [0u8; 16])..=(id.0, [0xffu8; 16]))? {
+        out.push(ClientId(row?.0.value().1));
+    }
+    Ok(out)
+}
+
+/// The chunk ids a client references (in one snapshot, or in all its snapshots), in id
+/// order, after `after`, at most `limit`.
+pub(super) fn of_client_paged(
+    tx: &ReadTransaction,
+    client: &ClientId,
+    snapshot: Option<&str>,
+    after: Option<&ChunkId>,
+    limit: usize,
+) -> Result<Vec<ChunkId>, StoreError> {
+    let names: Vec<String> = match snapshot {
+        Some(s) => vec![s.to_string()],
+        None => snapshots::list(tx, client)?
+            .into_iter()
+            .map(|i| i.name)
+            .collect(),
+    };
+    let t = tx.open_table(SNAPSHOT_CHUNKS)?;
+    let mut ids = BTreeSet::new();
+    for name in &names {
+        let lo = after.map_or([0u8; 32], |a| a.0);
+        let mut taken = 0;
+        for row in
+            t.range((client.0, name.as_str(), lo)..=(client.0, name.as_str(), [0xffu8; 32]))?
+        {
+            let id = row?.0.value().2;
+            if after.is_some_and(|a| a.0 == id) {
+                continue;
+            }
+            ids.insert(id);
+            taken += 1;
+            if taken >= limit {
+                break;
+            }
+        }
+    }
+    Ok(ids.into_iter().take(limit).map(ChunkId).collect())
+}
 
 pub(super) fn present(tx: &ReadTransaction, ids: &[ChunkId]) -> Result<Vec<bool>, StoreError> {
     let t = tx.open_table(CHUNKS)?;
@@ -93,6 +156,10 @@ pub(super) fn commit(
     let mut row = snapshots::require_open(tx, client, &batch.snapshot)?;
     let mut out = CommitOutcome::default();
     let mut client_bytes = 0u64;
+    let mut usage = Usage::default();
+    if let Some(quota) = batch.quota_bytes {
+        check_ref_quota(tx, client, batch, quota)?;
+    }
     {
         let mut chunks = tx.open_table(CHUNKS)?;
         let mut refs = tx.open_table(CHUNK_REFS)?;
@@ -129,6 +196,7 @@ pub(super) fn commit(
             chunks.insert(c.id.as_bytes(), encode(&rec).as_slice())?;
             out.stored += 1;
             out.stored_bytes += rec.packet_bytes();
+            usage.uploaded_packet_bytes += rec.packet_bytes();
         }
         bump(&mut counters, COUNTER_CHUNKS, u64::from(out.stored))?;
         bump(&mut counters, COUNTER_STORED_BYTES, out.stored_bytes)?;
@@ -149,6 +217,8 @@ pub(super) fn commit(
             };
             if refs.insert((id.0, client.0), ())?.is_none() {
                 client_bytes += rec.packet_bytes();
+                usage.charged_bytes += charge_of(&rec);
+                usage.chunk_count += 1;
             }
             if snap_refs
                 .insert((client.0, batch.snapshot.as_str(), id.0), ())?
@@ -161,6 +231,7 @@ pub(super) fn commit(
     row.info.chunk_refs += u64::from(out.referenced);
     snapshots::put(tx, client, &row)?;
     clients::add_stored_bytes(tx, client, client_bytes)?;
+    subscriptions::add_usage(tx, client, usage)?;
     let entry = NewLogEntry {
         client: Some(*client),
         node: None,
@@ -172,4 +243,39 @@ pub(super) fn commit(
     };
     log::append(tx, &entry, batch.now_unix_ms)?;
     Ok(out)
+}
+
+/// Refuse a commit whose references to already stored chunks, not yet charged to the client,
+/// would push its charged bytes past `quota`. Newly uploaded chunks were checked when they
+/// were allocated and are not refused here: their packets are already on the nodes.
+fn check_ref_quota(
+    tx: &WriteTransaction,
+    client: &ClientId,
+    batch: &CommitBatch,
+    quota: u64,
+) -> Result<(), StoreError> {
+    let uploaded: HashSet<ChunkId> = batch.chunks.iter().map(|c| c.id).collect();
+    let chunks = tx.open_table(CHUNKS)?;
+    let refs = tx.open_table(CHUNK_REFS)?;
+    let mut seen = HashSet::new();
+    let mut needed = 0u64;
+    for id in &batch.refs {
+        if uploaded.contains(id) || !seen.insert(*id) || refs.get((id.0, client.0))?.is_some() {
+            continue;
+        }
+        if let Some(v) = chunks.get(id.as_bytes())? {
+            needed = needed.saturating_add(charge_of(&decode("chunks", v.value())?));
+        }
+    }
+    let used =
+        subscriptions::usage(&tx.open_table(super::redb_store::USAGE)?, client)?.charged_bytes;
+    if needed > 0 && used.saturating_add(needed) > quota {
+        return Err(StoreError::QuotaExceeded {
+            client: *client,
+            used,
+            quota,
+            needed,
+        });
+    }
+    Ok(())
 }

@@ -14,6 +14,16 @@ pub(super) fn get(tx: &ReadTransaction, id: &ClientId) -> Result<Option<ClientRe
         .transpose()
 }
 
+pub(super) fn all(tx: &ReadTransaction) -> Result<Vec<(ClientId, ClientRecord)>, StoreError> {
+    let t = tx.open_table(CLIENTS)?;
+    let mut out = Vec::new();
+    for row in t.iter()? {
+        let (k, v) = row?;
+        out.push((ClientId(k.value()), decode("clients", v.value())?));
+    }
+    Ok(out)
+}
+
 pub(super) fn put(
     tx: &WriteTransaction,
     id: &ClientId,

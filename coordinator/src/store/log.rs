@@ -37,13 +37,23 @@ pub(super) fn append(
 pub(super) fn since(
     tx: &ReadTransaction,
     since_seq: u64,
+    since_unix_ms: Option<u64>,
     limit: u32,
 ) -> Result<Vec<LogEntry>, StoreError> {
     let t = tx.open_table(LOG)?;
+    let max = limit.min(MAX_LOG_PAGE) as usize;
     let mut out = Vec::new();
-    for row in t.range(since_seq..)?.take(limit.min(MAX_LOG_PAGE) as usize) {
+    for row in t.range(since_seq..)? {
+        if out.len() >= max {
+            break;
+        }
         let (_, v) = row?;
-        out.push(decode("log", v.value())?);
+        let e: LogEntry = decode("log", v.value())?;
+        // Entries are appended in time order, but a clock step back could interleave them:
+        // filter each rather than searching for the first.
+        if since_unix_ms.is_none_or(|t| e.at_unix_ms >= t) {
+            out.push(e);
+        }
     }
     Ok(out)
 }

@@ -35,6 +35,7 @@ pub(super) fn register(
         NewMember::Node(id, rec) => (Role::Node, id.0, encode(rec)),
         NewMember::Client(id, rec) => (Role::Client, id.0, encode(rec)),
     };
+    debug_assert!(role != Role::Admin, "admins are not members");
     certs.insert(fp.as_bytes(), encode(&CertRecord { role, id }).as_slice())?;
     let mut t = tx.open_table(if role == Role::Node { NODES } else { CLIENTS })?;
     if t.insert(id, value.as_slice())?.is_some() {
@@ -44,6 +45,33 @@ pub(super) fn register(
         )));
     }
     Ok(())
+}
+
+/// Every certificate with its holder.
+pub(super) fn certs(
+    tx: &ReadTransaction,
+) -> Result<Vec<(CertFingerprint, CertRecord)>, StoreError> {
+    let t = tx.open_table(CERTS)?;
+    let mut out = Vec::new();
+    for row in t.iter()? {
+        let (k, v) = row?;
+        out.push((CertFingerprint(k.value()), decode("certs", v.value())?));
+    }
+    Ok(out)
+}
+
+/// Record a certificate that has no member record (the admin's); true when it was new.
+pub(super) fn ensure_cert(
+    tx: &WriteTransaction,
+    fp: &CertFingerprint,
+    rec: &CertRecord,
+) -> Result<bool, StoreError> {
+    let mut certs = tx.open_table(CERTS)?;
+    if certs.get(fp.as_bytes())?.is_some() {
+        return Ok(false);
+    }
+    certs.insert(fp.as_bytes(), encode(rec).as_slice())?;
+    Ok(true)
 }
 
 pub(super) fn node(tx: &ReadTransaction, id: &NodeId) -> Result<Option<NodeRecord>, StoreError> {

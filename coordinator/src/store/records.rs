@@ -3,6 +3,9 @@
 //! read next to this one and migrated explicitly.
 
 use gridback_proto::coord_api::{ChunkCommit, Role, SnapshotInfo, TreeChunk};
+use gridback_proto::location::Location;
+use gridback_proto::schedule_api::Schedule;
+use gridback_proto::subscription::Subscription;
 use gridback_proto::{ChunkId, ClientId, NodeId, PacketName};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -155,6 +158,9 @@ pub struct CommitBatch {
     pub refs: Vec<ChunkId>,
     /// Commit time.
     pub now_unix_ms: u64,
+    /// The client's source storage allocation: references to stored chunks not yet charged
+    /// to the client must fit in it (see [`gridback_proto::subscription::Usage`]).
+    pub quota_bytes: Option<u64>,
 }
 
 /// What a commit changed.
@@ -177,6 +183,49 @@ pub struct GridStats {
     pub chunk_count: u64,
     /// Packet bytes over every stored chunk.
     pub stored_bytes: u64,
+}
+
+/// Where a node or client is, and an operator's overrides. Kept apart from the member
+/// record so records written before locations existed stay readable as they are.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PlaceRecord {
+    /// What the member reported (node heartbeat, client hello).
+    pub reported: Option<Location>,
+    /// Set by an operator; wins over `reported`.
+    pub location_override: Option<Location>,
+    /// Nodes only: target storage allocation set by an operator; wins over the node's config.
+    pub capacity_override: Option<u64>,
+}
+
+impl PlaceRecord {
+    /// The location placement uses: the override, else the reported one, else a placeholder
+    /// `default/default/<host>` that keeps unlocated members on distinct hosts.
+    pub fn effective(&self, host: &str) -> Location {
+        self.location_override
+            .clone()
+            .or_else(|| self.reported.clone())
+            .unwrap_or_else(|| Location::new("default", "default", host))
+    }
+}
+
+/// A client's contract as stored, with what the coordinator already noticed about it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubscriptionRecord {
+    /// The contract.
+    pub subscription: Subscription,
+    /// Whether the expiry of the current `expires_unix_ms` was written to the backup log.
+    pub expiry_logged: bool,
+}
+
+/// A schedule as stored: the public record plus the lease and the last good snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleRecord {
+    /// The public record.
+    pub schedule: Schedule,
+    /// Not handed out again before this instant (0: not leased).
+    pub leased_until_unix_ms: u64,
+    /// Snapshot of the last successful run (the base of the next incremental run).
+    pub last_ok_snapshot: Option<String>,
 }
 
 #[cfg(test)]

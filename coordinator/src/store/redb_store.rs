@@ -3,13 +3,16 @@
 use std::path::{Path, PathBuf};
 
 use gridback_proto::coord_api::{LogEntry, SnapshotInfo, TreeChunk};
+use gridback_proto::location::Proximity;
+use gridback_proto::schedule_api::{Schedule, ScheduleResult};
+use gridback_proto::subscription::Usage;
 use gridback_proto::{CertFingerprint, ChunkId, ClientId, NodeId, PacketName};
 use redb::{Database, ReadTransaction, TableDefinition, WriteTransaction};
 
 use super::{
     CertRecord, ChunkRecord, ClientRecord, CommitBatch, CommitOutcome, GridStats, MetaStore,
-    NewLogEntry, NewMember, NodeRecord, SnapshotRow, StoreError, chunks, clients, log, nodes,
-    snapshots,
+    NewLogEntry, NewMember, NodeRecord, PlaceRecord, ScheduleRecord, SnapshotRow, StoreError,
+    SubscriptionRecord, chunks, clients, log, nodes, places, schedules, snapshots, subscriptions,
 };
 
 /// Certificate fingerprint → [`CertRecord`].
@@ -37,6 +40,24 @@ pub(super) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 /// Named counters kept in step with the tables (totals that would otherwise need a scan).
 pub(super) const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 
+/// NodeId → [`PlaceRecord`]: reported location and operator overrides.
+pub(super) const NODE_PLACES: TableDefinition<[u8; 16], &[u8]> =
+    TableDefinition::new("node_places");
+/// ClientId → [`PlaceRecord`].
+pub(super) const CLIENT_PLACES: TableDefinition<[u8; 16], &[u8]> =
+    TableDefinition::new("client_places");
+/// ClientId → [`SubscriptionRecord`] (absent: the default subscription).
+pub(super) const SUBSCRIPTIONS: TableDefinition<[u8; 16], &[u8]> =
+    TableDefinition::new("subscriptions");
+/// ClientId → [`gridback_proto::subscription::Usage`].
+pub(super) const USAGE: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("usage");
+/// Schedule id → [`ScheduleRecord`].
+pub(super) const SCHEDULES: TableDefinition<u64, &[u8]> = TableDefinition::new("schedules");
+/// Named cluster-wide settings (the proximity rules).
+pub(super) const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
+
+/// Counter: the last schedule id handed out.
+pub(super) const COUNTER_SCHEDULE_ID: &str = "schedule_id";
 /// Counter: distinct stored chunks.
 pub(super) const COUNTER_CHUNKS: &str = "chunk_count";
 /// Counter: packet bytes over all stored chunks.
@@ -76,6 +97,12 @@ impl RedbStore {
             tx.open_table(NODE_PACKETS)?;
             tx.open_table(LOG)?;
             tx.open_table(COUNTERS)?;
+            tx.open_table(NODE_PLACES)?;
+            tx.open_table(CLIENT_PLACES)?;
+            tx.open_table(SUBSCRIPTIONS)?;
+            tx.open_table(USAGE)?;
+            tx.open_table(SCHEDULES)?;
+            tx.open_table(SETTINGS)?;
         }
         tx.commit()?;
         Ok(Self {
@@ -244,7 +271,172 @@ impl MetaStore for RedbStore {
         chunks::refs_of_client(&self.read()?, client, ids)
     }
 
-    fn log_since(&self, since_seq: u64, limit: u32) -> Result<Vec<LogEntry>, StoreError> {
-        log::since(&self.read()?, since_seq, limit)
+    fn log_since(
+        &self,
+        since_seq: u64,
+        since_unix_ms: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        log::since(&self.read()?, since_seq, since_unix_ms, limit)
+    }
+
+    fn certs(&self) -> Result<Vec<(CertFingerprint, CertRecord)>, StoreError> {
+        nodes::certs(&self.read()?)
+    }
+
+    fn ensure_cert(&self, fp: &CertFingerprint, rec: &CertRecord) -> Result<bool, StoreError> {
+        self.write(true, |tx| nodes::ensure_cert(tx, fp, rec))
+    }
+
+    fn clients(&self) -> Result<Vec<(ClientId, ClientRecord)>, StoreError> {
+        clients::all(&self.read()?)
+    }
+
+    fn node_place(&self, id: &NodeId) -> Result<PlaceRecord, StoreError> {
+        places::get(&self.read()?, NODE_PLACES, id.0)
+    }
+
+    fn node_places(&self) -> Result<Vec<(NodeId, PlaceRecord)>, StoreError> {
+        Ok(places::all(&self.read()?, NODE_PLACES)?
+            .into_iter()
+            .map(|(k, v)| (NodeId(k), v))
+            .collect())
+    }
+
+    fn set_node_place(
+        &self,
+        id: &NodeId,
+        rec: &PlaceRecord,
+        entry: Option<&NewLogEntry>,
+    ) -> Result<(), StoreError> {
+        self.write(true, |tx| {
+            places::put(tx, NODE_PLACES, id.0, rec)?;
+            if let Some(e) = entry {
+                log::append(tx, e, gridback_proto::now_unix_ms())?;
+            }
+            Ok(())
+        })
+    }
+
+    fn client_place(&self, id: &ClientId) -> Result<PlaceRecord, StoreError> {
+        places::get(&self.read()?, CLIENT_PLACES, id.0)
+    }
+
+    fn set_client_place(
+        &self,
+        id: &ClientId,
+        rec: &PlaceRecord,
+        entry: Option<&NewLogEntry>,
+    ) -> Result<(), StoreError> {
+        self.write(true, |tx| {
+            places::put(tx, CLIENT_PLACES, id.0, rec)?;
+            if let Some(e) = entry {
+                log::append(tx, e, gridback_proto::now_unix_ms())?;
+            }
+            Ok(())
+        })
+    }
+
+    fn proximity(&self) -> Result<Proximity, StoreError> {
+        places::proximity(&self.read()?)
+    }
+
+    fn set_proximity(&self, p: &Proximity, entry: &NewLogEntry) -> Result<(), StoreError> {
+        self.write(true, |tx| {
+            places::set_proximity(tx, p)?;
+            log::append(tx, entry, gridback_proto::now_unix_ms()).map(drop)
+        })
+    }
+
+    fn subscription(&self, client: &ClientId) -> Result<Option<SubscriptionRecord>, StoreError> {
+        subscriptions::get(&self.read()?, client)
+    }
+
+    fn set_subscription(
+        &self,
+        client: &ClientId,
+        rec: &SubscriptionRecord,
+        entry: &NewLogEntry,
+    ) -> Result<(), StoreError> {
+        self.write(true, |tx| {
+            subscriptions::put(tx, client, rec)?;
+            log::append(tx, entry, gridback_proto::now_unix_ms()).map(drop)
+        })
+    }
+
+    fn usage(&self, client: &ClientId) -> Result<Usage, StoreError> {
+        subscriptions::read_usage(&self.read()?, client)
+    }
+
+    fn chunk(&self, id: &ChunkId) -> Result<Option<ChunkRecord>, StoreError> {
+        chunks::get(&self.read()?, id)
+    }
+
+    fn chunk_sources(&self, id: &ChunkId) -> Result<Vec<ClientId>, StoreError> {
+        chunks::sources(&self.read()?, id)
+    }
+
+    fn client_chunks(
+        &self,
+        client: &ClientId,
+        snapshot: Option<&str>,
+        after: Option<&ChunkId>,
+        limit: usize,
+    ) -> Result<Vec<ChunkId>, StoreError> {
+        chunks::of_client_paged(&self.read()?, client, snapshot, after, limit)
+    }
+
+    fn schedule_add(
+        &self,
+        client: &ClientId,
+        path: &str,
+        every_ms: u64,
+        now_unix_ms: u64,
+        entry: &NewLogEntry,
+    ) -> Result<Schedule, StoreError> {
+        self.write(true, |tx| {
+            let s = schedules::add(tx, client, path, every_ms, now_unix_ms)?;
+            let mut e = entry.clone();
+            e.detail = format!("id={} {}", s.id, e.detail);
+            log::append(tx, &e, now_unix_ms)?;
+            Ok(s)
+        })
+    }
+
+    fn schedules(&self, client: Option<&ClientId>) -> Result<Vec<ScheduleRecord>, StoreError> {
+        schedules::list(&self.read()?, client)
+    }
+
+    fn schedule_remove(&self, id: u64, entry: &NewLogEntry) -> Result<Schedule, StoreError> {
+        self.write(true, |tx| {
+            let s = schedules::remove(tx, id)?;
+            log::append(tx, entry, gridback_proto::now_unix_ms())?;
+            Ok(s)
+        })
+    }
+
+    fn schedule_lease(
+        &self,
+        client: &ClientId,
+        now_unix_ms: u64,
+        lease_ms: u64,
+    ) -> Result<Vec<ScheduleRecord>, StoreError> {
+        self.write(true, |tx| {
+            schedules::lease(tx, client, now_unix_ms, lease_ms)
+        })
+    }
+
+    fn schedule_report(
+        &self,
+        client: &ClientId,
+        id: u64,
+        result: &ScheduleResult,
+        entry: &NewLogEntry,
+    ) -> Result<Schedule, StoreError> {
+        self.write(true, |tx| {
+            let s = schedules::report(tx, client, id, result)?;
+            log::append(tx, entry, gridback_proto::now_unix_ms())?;
+            Ok(s)
+        })
     }
 }

@@ -164,6 +164,7 @@ impl Member {
             used_bytes: 0,
             packet_count: 0,
             pid: 4242,
+            location: loc(&format!("eu/z1/{}", self.node_id())),
         })
         .await
         .expect("heartbeat");
@@ -187,6 +188,28 @@ where
 }
 
 pub const MIB: u64 = 1 << 20;
+
+/// A location from `REGION/ZONE/HOST`.
+pub fn loc(s: &str) -> gridback_proto::location::Location {
+    s.parse().unwrap()
+}
+
+/// Connect as the admin with the identity the coordinator wrote into its data dir.
+pub async fn admin(data_dir: &Path, addr: SocketAddr) -> Member {
+    let dir = gridback_coordinator::admin_tls_dir(data_dir);
+    let read = |n: &str| std::fs::read_to_string(dir.join(n)).unwrap();
+    let identity =
+        Identity::from_pem(&read("admin.crt"), &read("admin.key"), &read("ca.crt")).unwrap();
+    let joined = Joined {
+        role: Role::Admin,
+        id: [0; 16],
+        grid: [0; 16],
+        cert_der: identity.cert_der.to_vec(),
+        ca_der: identity.ca_der.to_vec(),
+        order_public_key: Vec::new(),
+    };
+    Member::connect(identity, joined, addr).await
+}
 
 pub fn code<T: std::fmt::Debug>(r: Result<T, CallError>) -> ErrorCode {
     r.expect_err("the call must fail")

@@ -7,6 +7,17 @@
 //! chunk list is committed in the local metadata in one durable transaction; only then does
 //! the call succeed. A crash before that leaves the previous committed version (or, for a
 //! file created by the interrupted write, no file at all).
+//!
+//! **A failed close or fsync** (the grid refused: quota exceeded → EDQUOT, subscription
+//! suspended or expired → EACCES, no placement satisfies the rules → ENOSPC; or any other
+//! failure → EIO) is logged with the reason the coordinator gave, and the call returns the
+//! errno. Nothing committed before is touched: other files, and earlier committed versions
+//! of this one, stay intact. Then:
+//! * while the file still has open handles (fsync, or close of one of several handles),
+//!   its written bytes stay in the spool and a later fsync or close tries again;
+//! * at the last close, the uncommitted bytes are dropped with the spool, exactly as after
+//!   a crash: the file keeps its previous committed content, and a file created by this
+//!   write that was never committed is removed. No partial version is ever committed.
 
 use std::fs::File;
 use std::io::Read;
@@ -15,6 +26,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::sync::OwnedMutexGuard;
+
+use tracing::warn;
 
 use super::{Attr, FsCore, FsError};
 use crate::grid::ChunkRef;
@@ -334,7 +347,14 @@ impl FsCore {
             let snapshot = self.snapshot_name(inode.snapshot)?;
             let size = st.size;
             let reader = File::open(&of.spool_path)?.take(size);
-            let stored = self.grid.store_reader(snapshot, Box::new(reader)).await?;
+            let stored = self
+                .grid
+                .store_reader(snapshot.clone(), Box::new(reader))
+                .await
+                .inspect_err(|e| {
+                    warn!(ino = of.ino, snapshot = %snapshot, bytes = size, errno = e.errno(),
+                        error = %e, "file not stored: close/fsync fails");
+                })?;
             if stored.len != size {
                 return Err(FsError::Io(std::io::Error::other(format!(
                     "spool of inode {} changed during commit ({} of {size} bytes)",
@@ -393,8 +413,40 @@ impl FsCore {
             return Ok(());
         }
         let result = self.commit(&of).await;
+        if result.is_err() {
+            self.abandon_write(&of).await?;
+        }
         self.drop_open_file(&of).await?;
         result
+    }
+
+    /// Drop the uncommitted bytes of a file whose last commit failed with no handle left
+    /// (see the module doc): it keeps its committed content, or disappears if it was never
+    /// committed.
+    async fn abandon_write(&self, of: &OpenFile) -> Result<(), FsError> {
+        let mut st = of.state.lock().await;
+        if st.handles > 0 || !st.dirty {
+            return Ok(());
+        }
+        st.dirty = false;
+        st.pending_mtime = None;
+        st.layout = None;
+        if let Some(inode) = self.meta.inode(of.ino)? {
+            if inode.provisional && inode.nlink > 0 {
+                warn!(
+                    ino = of.ino,
+                    "removing a new file whose content could not be stored"
+                );
+                self.remove_provisional(of.ino, &inode)?;
+            } else {
+                warn!(
+                    ino = of.ino,
+                    size = inode.size,
+                    "file keeps its previous content: the new content could not be stored"
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Forget an open file with no handles: remove its spool, and the inode if unlinked.
@@ -439,8 +491,12 @@ impl FsCore {
         };
         if no_handles {
             // Nobody holds the file open: the truncate must be durable on its own.
-            self.commit(&of).await?;
+            let result = self.commit(&of).await;
+            if result.is_err() {
+                self.abandon_write(&of).await?;
+            }
             self.drop_open_file(&of).await?;
+            result?;
         }
         Ok(())
     }

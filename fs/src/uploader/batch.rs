@@ -10,6 +10,7 @@ use futures::{StreamExt, TryStreamExt};
 use gridback_proto::coord_api::{
     Allocation, ChunkAlloc, ChunkCommit, PacketPlacement, ReplaceTargets, Target,
 };
+use gridback_proto::transport::CallError;
 use gridback_proto::{ChunkId, ErrorCode, NodeId};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{Instrument, debug_span, error, warn};
@@ -20,6 +21,7 @@ use crate::coord_client::grid_error;
 use crate::crypto::ChunkCrypto;
 use crate::erasure::{self, Encoded, ErasureParams};
 use crate::grid::{ChunkRef, GridError, StoredData};
+use crate::node_client::TransferError;
 use crate::packet;
 
 /// Chunks read from the stream, with their ids.
@@ -164,11 +166,7 @@ impl Uploader {
     }
 
     async fn seal(&self, id: ChunkId, data: Bytes) -> Result<SealedChunk, GridError> {
-        let _cpu = self
-            .cpu
-            .acquire()
-            .await
-            .map_err(|_| GridError::Internal("CPU pool closed".into()))?;
+        let _cpu = self.cpu.acquire().await;
         let (crypto, level) = (self.crypto.clone(), self.params.level);
         let hint = self.erasure_hint();
         let pool = self.pool.clone();
@@ -284,11 +282,7 @@ impl Uploader {
                 params.total()
             )));
         }
-        let _cpu = self
-            .cpu
-            .acquire()
-            .await
-            .map_err(|_| GridError::Internal("CPU pool closed".into()))?;
+        let _cpu = self.cpu.acquire().await;
         self.note_erasure(alloc.k, alloc.m);
         let pool = self.pool.clone();
         let packets = tokio::task::spawn_blocking(move || {
@@ -338,6 +332,18 @@ impl Uploader {
                 }
                 Err(e) => e,
             };
+            if let TransferError::Call(call) = &err
+                && call.code() == Some(ErrorCode::Suspended)
+            {
+                // The node enforces the subscription too: no other node will take it.
+                warn!(chunk = ?id, node = %target.node, error = %err,
+                    "node refused the packet: subscription does not allow writes");
+                let message = match call {
+                    CallError::Remote { error, .. } => error.message.clone(),
+                    other => other.to_string(),
+                };
+                return Err(GridError::Suspended(message));
+            }
             warn!(chunk = ?id, node = %target.node, index, error = %err, "packet upload failed");
             self.note_failure(target.node);
             if attempt >= MAX_PUT_ATTEMPTS {

@@ -15,7 +15,9 @@ use gridback_fs::keys::ClientKeys;
 use gridback_fs::node_client::NodeClient;
 use gridback_fs::uploader::UploadParams;
 use gridback_proto::coord_api::*;
+use gridback_proto::location::Location;
 use gridback_proto::node_api::{NodeRequest, PacketData, PutAck};
+use gridback_proto::subscription::{ClientTerms, Limits, Subscription, SubscriptionState, Usage};
 use gridback_proto::tls::{
     COORDINATOR_SERVER_NAME, ClusterCa, client_server_name, node_server_name,
 };
@@ -36,6 +38,8 @@ pub struct Node {
     pub addr: SocketAddr,
     packets: Mutex<HashMap<PacketName, Vec<u8>>>,
     corrupt: AtomicBool,
+    /// Gets never answer (a stalled process) until cleared or the node stops.
+    stall_gets: AtomicBool,
     /// While true, puts wait (a stalled network); `pending_puts` counts the waiting ones.
     hold: tokio::sync::watch::Receiver<bool>,
     pending_puts: Arc<AtomicUsize>,
@@ -83,6 +87,10 @@ impl Service for Node {
                     })
                 }))
             }
+            NodeRequest::Get(_) if self.stall_gets.load(Ordering::SeqCst) => {
+                self.stop.cancelled().await;
+                answer::<()>(Err(WireError::new(ErrorCode::Unavailable, "stopped")))
+            }
             NodeRequest::Get(g) => answer(check(&g.order, OrderOp::Get).and_then(|()| {
                 let mut data = self
                     .packets
@@ -107,6 +115,8 @@ struct CoordState {
     chunks: HashMap<ChunkId, ChunkCommit>,
     snapshots: BTreeMap<String, SnapshotRecord>,
     quota_exceeded: bool,
+    limits: Limits,
+    polls: usize,
 }
 
 pub struct Coordinator {
@@ -196,6 +206,29 @@ impl Coordinator {
             .count()
     }
 
+    /// Limits sent in the greeting and every poll from now on.
+    pub fn set_limits(&self, limits: Limits) {
+        self.state.lock().unwrap().limits = limits;
+    }
+
+    /// Polls answered so far.
+    pub fn polls(&self) -> usize {
+        self.state.lock().unwrap().polls
+    }
+
+    fn terms(&self, location: Location, st: &CoordState) -> ClientTerms {
+        ClientTerms {
+            client: self.client,
+            subscription: Subscription {
+                limits: st.limits,
+                ..Subscription::default()
+            },
+            state: SubscriptionState::Active,
+            usage: Usage::default(),
+            location,
+        }
+    }
+
     pub fn set_quota_exceeded(&self, on: bool) {
         self.state.lock().unwrap().quota_exceeded = on;
     }
@@ -217,12 +250,17 @@ impl Service for Coordinator {
     async fn handle(&self, peer: Peer, req: CoordRequest) -> Vec<u8> {
         let mut st = self.state.lock().unwrap();
         match req {
-            CoordRequest::ClientHello(_) => answer(Ok(ClientWelcome {
+            CoordRequest::ClientHello(h) => answer(Ok(ClientWelcome {
                 client: self.client,
                 grid: [0; 16],
                 erasure_k: self.k,
                 erasure_m: self.m,
+                terms: self.terms(h.location, &st),
             })),
+            CoordRequest::ClientPoll(_) => {
+                st.polls += 1;
+                answer(Ok(self.terms(Location::new("test", "test", "client"), &st)))
+            }
             CoordRequest::QueryChunks(q) => answer(Ok(ChunkPresence {
                 present: q.ids.iter().map(|i| st.chunks.contains_key(i)).collect(),
             })),
@@ -377,6 +415,7 @@ impl Cluster {
                 addr: ep.local_addr().unwrap(),
                 packets: Mutex::default(),
                 corrupt: AtomicBool::new(false),
+                stall_gets: AtomicBool::new(false),
                 hold: hold_rx.clone(),
                 pending_puts: pending_puts.clone(),
                 verifier: OrderVerifier::new(signer.public_key()),
@@ -419,7 +458,10 @@ impl Cluster {
             .unwrap();
         let pool = ConnPool::new(client_endpoint(&ident).unwrap());
         let coord = CoordClient::new(pool.clone(), self.coord_addr.to_string());
-        let welcome = coord.hello("test").await.unwrap();
+        let welcome = coord
+            .hello("test", Location::new("test", "test", "client"))
+            .await
+            .unwrap();
         let params = UploadParams {
             chunking: ChunkingParams::new(16 * 1024, 64 * 1024, 256 * 1024).unwrap(),
             batch_chunks: 4,
@@ -442,6 +484,11 @@ impl Cluster {
     /// Stall (true) or release (false) every put.
     pub fn hold_puts(&self, on: bool) {
         self.hold.send_replace(on);
+    }
+
+    /// Make node `i` never answer gets (as if stopped with SIGSTOP).
+    pub fn stall_gets(&self, i: usize, on: bool) {
+        self.nodes[i].stall_gets.store(on, Ordering::SeqCst);
     }
 
     pub fn corrupt_node(&self, i: usize) {

@@ -1,5 +1,6 @@
 //! A minimal coordinator for node tests: it serves `Join` (issuing real certificates from
-//! its CA) and `NodeHeartbeat` (recording them), and nothing else.
+//! its CA) and `NodeHeartbeat` (recording them, answering with the operator capacity and
+//! client limits a test sets), and nothing else.
 
 #![allow(dead_code, clippy::unwrap_used)]
 
@@ -7,7 +8,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gridback_proto::coord_api::{CoordRequest, HeartbeatAck, Join, Joined, NodeHeartbeat, Role};
+use gridback_proto::coord_api::{
+    ClientLimits, CoordRequest, HeartbeatAck, Join, Joined, NodeHeartbeat, Role,
+};
 use gridback_proto::tls::{COORDINATOR_SERVER_NAME, ClusterCa, node_server_name};
 use gridback_proto::transport::{self, Peer, Service, respond};
 use gridback_proto::{ErrorCode, NodeId, OrderSigner, WireError};
@@ -20,6 +23,10 @@ pub struct FakeCoordinator {
     pub signer: Mutex<OrderSigner>,
     pub node_id: NodeId,
     pub heartbeats: Mutex<Vec<NodeHeartbeat>>,
+    /// Operator capacity sent in every answer.
+    pub capacity: Mutex<Option<u64>>,
+    /// Client limits sent in every answer.
+    pub client_limits: Mutex<Vec<ClientLimits>>,
 }
 
 impl FakeCoordinator {
@@ -31,6 +38,8 @@ impl FakeCoordinator {
             signer: Mutex::new(OrderSigner::generate().0),
             node_id: NodeId::random(),
             heartbeats: Mutex::default(),
+            capacity: Mutex::default(),
+            client_limits: Mutex::default(),
         })
     }
 
@@ -87,6 +96,8 @@ impl FakeCoordinator {
             node: self.node_id,
             order_public_key: self.signer.lock().unwrap().public_key(),
             grid: *self.grid.lock().unwrap(),
+            capacity_bytes: *self.capacity.lock().unwrap(),
+            client_limits: self.client_limits.lock().unwrap().clone(),
         })
     }
 }

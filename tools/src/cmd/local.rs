@@ -5,6 +5,7 @@
 //! DIR/coordinator.toml   DIR/coordinator/   coordinator state (CA, keys, meta.redb)
 //! DIR/nodes/node-NN.toml DIR/nodes/node-NN/ each node's allocated storage
 //! DIR/client.toml        DIR/client/        client state (certificate, keys, metadata, spool)
+//! DIR/admin.toml                            admin config (`gridback admin --config`)
 //! DIR/logs/*.log                            one log per process
 //! ```
 //! Every address is bound on 127.0.0.1 port 0 and discovered, so a restart never collides
@@ -17,6 +18,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use gridback_proto::units::parse_size;
+
+mod topology;
+pub use topology::Topology;
+use topology::location_toml;
 
 use super::status::fetch_status;
 use crate::cli::LocalUpArgs;
@@ -62,6 +67,10 @@ impl LocalLayout {
     /// Client state dir.
     pub fn client_dir(&self) -> PathBuf {
         self.root.join("client")
+    }
+    /// Admin config.
+    pub fn admin_toml(&self) -> PathBuf {
+        self.root.join("admin.toml")
     }
     /// Log of a process.
     pub fn log(&self, name: &str) -> PathBuf {
@@ -129,11 +138,16 @@ pub struct LocalGrid {
     pub nodes: Vec<Proc>,
     /// Mount process, once mounted.
     pub mount: Option<Proc>,
+    /// Client agent process, once started.
+    pub agent: Option<Proc>,
 }
 
 impl LocalGrid {
-    /// Stop everything: unmount first, then the nodes, then the coordinator.
+    /// Stop everything: the agent, then unmount, then the nodes, then the coordinator.
     pub fn stop(&mut self) {
+        if let Some(a) = &mut self.agent {
+            a.stop(STOP_GRACE);
+        }
         if let Some(m) = &mut self.mount {
             m.stop(STOP_GRACE);
         }
@@ -160,6 +174,28 @@ pub struct StartOptions {
 /// Start (or restart) the coordinator, the nodes and the client of a local grid, and wait
 /// until every node has reported in. Does not mount.
 pub async fn start(data: &Path, opts: &StartOptions) -> Result<LocalGrid> {
+    start_with(data, opts, None).await
+}
+
+/// [`start`], with simulated locations for the nodes and the client.
+pub async fn start_with(
+    data: &Path,
+    opts: &StartOptions,
+    topology: Option<&Topology>,
+) -> Result<LocalGrid> {
+    if let Some(t) = topology
+        && t.nodes.len() != opts.nodes
+    {
+        bail!(
+            "the topology names {} nodes but {} were asked for",
+            t.nodes.len(),
+            opts.nodes
+        );
+    }
+    let client_location = topology
+        .and_then(|t| t.client.as_ref())
+        .map(location_toml)
+        .unwrap_or_default();
     if opts.nodes == 0 {
         bail!("--nodes must be at least 1");
     }
@@ -225,10 +261,18 @@ pub async fn start(data: &Path, opts: &StartOptions) -> Result<LocalGrid> {
     let client_text = format!(
         "# gridback client of a local grid (written by `gridback local up`)\n\
          # keys.toml in the state dir is this client's recovery key: keep a copy.\n\
-         coordinator_addr = \"{coordinator_addr}\"\nstate_dir = {}\n",
+         coordinator_addr = \"{coordinator_addr}\"\nstate_dir = {}\n{client_location}",
         toml_str(&client_dir)
     );
     write_if_changed(&layout.client_toml(), &client_text)?;
+    let admin_text = format!(
+        "# gridback admin config of a local grid (written by `gridback local up`)\n\
+         # use: gridback admin clients --config {}\n\
+         coordinator_addr = \"{coordinator_addr}\"\ntls_dir = {}\n",
+        layout.admin_toml().display(),
+        toml_str(&gridback_coordinator::admin_tls_dir(&cdir))
+    );
+    write_if_changed(&layout.admin_toml(), &admin_text)?;
 
     // Nodes.
     let mut nodes = Vec::new();
@@ -239,11 +283,14 @@ pub async fn start(data: &Path, opts: &StartOptions) -> Result<LocalGrid> {
             "# gridback storage node of a local grid (written by `gridback local up`)\n\
              data_dir = {}\ncapacity = \"{}\"\nlisten_addr = \"127.0.0.1:0\"\n\
              coordinator_addr = \"{coordinator_addr}\"\nca_file = {}\njoin_token_file = {}\n\
-             label = \"node-{i:02}\"\nheartbeat_interval = \"1s\"\n",
+             label = \"node-{i:02}\"\nheartbeat_interval = \"1s\"\n{}",
             toml_str(&ndir),
             opts.node_capacity,
             toml_str(&ca_file),
             toml_str(&token_file),
+            topology
+                .map(|t| location_toml(&t.nodes[i - 1]))
+                .unwrap_or_default(),
         );
         write_if_changed(&layout.node_toml(i), &ntext)?;
         let ntoml = layout.node_toml(i).display().to_string();
@@ -260,6 +307,7 @@ pub async fn start(data: &Path, opts: &StartOptions) -> Result<LocalGrid> {
         coordinator_addr,
         nodes,
         mount: None,
+        agent: None,
     };
     let client_toml = grid.layout.client_toml();
     let want: Vec<u32> = grid.nodes.iter().map(|n| n.pid()).collect();
@@ -313,23 +361,52 @@ pub async fn mount(grid: &mut LocalGrid, mountpoint: &Path) -> Result<()> {
     r
 }
 
+/// Start the client agent (requested backups, F18).
+pub fn start_agent(grid: &mut LocalGrid) -> Result<()> {
+    let cfg = grid.layout.client_toml().display().to_string();
+    grid.agent = Some(Proc::spawn_self(
+        "agent",
+        &["agent", "--config", &cfg],
+        &grid.layout.log("agent"),
+    )?);
+    Ok(())
+}
+
+/// Default number of nodes of a local grid.
+const DEFAULT_NODES: usize = 6;
+
 /// `gridback local up`.
 pub async fn up(args: LocalUpArgs, stop: &super::StopSignal) -> Result<ExitCode> {
     check_mountpoint(&args.mount)?;
     let mountpoint = args.mount.canonicalize()?;
+    let topology = args.topology.as_deref().map(Topology::load).transpose()?;
+    let nodes = match (&topology, args.nodes) {
+        (Some(t), Some(n)) if n != t.nodes.len() => bail!(
+            "--nodes {n} but the topology file names {} nodes (leave --nodes out)",
+            t.nodes.len()
+        ),
+        (Some(t), _) => t.nodes.len(),
+        (None, n) => n.unwrap_or(DEFAULT_NODES),
+    };
     let opts = StartOptions {
-        nodes: args.nodes,
+        nodes,
         node_capacity: parse_size(&args.node_capacity)?,
         k: args.erasure_k,
         m: args.erasure_m,
     };
-    let mut grid = match start(&args.data, &opts).await {
+    let mut grid = match start_with(&args.data, &opts, topology.as_ref()).await {
         Ok(g) => g,
         Err(e) => return Err(e.context("the local grid did not start")),
     };
     if let Err(e) = mount(&mut grid, &mountpoint).await {
         grid.stop();
         return Err(e.context("the mount did not start"));
+    }
+    if !args.no_agent
+        && let Err(e) = start_agent(&mut grid)
+    {
+        grid.stop();
+        return Err(e.context("the client agent did not start"));
     }
     print_summary(&grid, &mountpoint).await;
 
@@ -354,6 +431,12 @@ pub async fn up(args: LocalUpArgs, stop: &super::StopSignal) -> Result<ExitCode>
                 grid.coordinator.log.display()
             );
             break ExitCode::FAILURE;
+        }
+        if let Some(a) = &mut grid.agent
+            && let Some(status) = a.exited()
+        {
+            tracing::warn!(%status, log = %a.log.display(), "the client agent exited; requested backups will not run");
+            grid.agent = None;
         }
         for n in &mut grid.nodes {
             if let Some(status) = n.exited() {
@@ -398,6 +481,15 @@ async fn print_summary(grid: &LocalGrid, mountpoint: &Path) {
         println!("  client       {c}");
     }
     println!("  config       {}", l.client_toml().display());
+    println!("  admin        {}", l.admin_toml().display());
+    if let Some(a) = &grid.agent {
+        println!(
+            "  agent        {:<21} pid {:<7} log {}",
+            "",
+            a.pid(),
+            a.log.display()
+        );
+    }
     if let Some(m) = &grid.mount {
         println!(
             "  mount        {:<21} pid {:<7} log {}",

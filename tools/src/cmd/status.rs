@@ -73,6 +73,7 @@ pub async fn run(args: StatusArgs) -> Result<ExitCode> {
                     "used_bytes": n.used_bytes,
                     "packet_count": n.packet_count,
                     "last_heartbeat_unix_ms": n.last_heartbeat_unix_ms,
+                    "location": n.location.labels(),
                 })
             })
             .collect();
@@ -84,6 +85,15 @@ pub async fn run(args: StatusArgs) -> Result<ExitCode> {
             "chunks": s.chunk_count,
             "stored_bytes": s.stored_bytes,
             "nodes": nodes,
+            "subscription": s.terms.as_ref().map(|t| json!({
+                "plan": t.subscription.plan,
+                "state": t.state.as_str(),
+                "expires_unix_ms": t.subscription.expires_unix_ms,
+                "limits": t.subscription.limits,
+                "usage": t.usage,
+                "location": t.location.labels(),
+            })),
+            "placement": s.proximity,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
@@ -97,6 +107,33 @@ pub async fn run(args: StatusArgs) -> Result<ExitCode> {
         s.coordinator_addr, s.coordinator_pid
     );
     println!("erasure      {}+{}", s.erasure_k, s.erasure_m);
+    if let Some(t) = &s.terms {
+        let l = &t.subscription.limits;
+        println!("location     {}", t.location);
+        println!(
+            "subscription {} ({})",
+            t.subscription.plan,
+            t.state.as_str()
+        );
+        if !t.state.allows_writes() {
+            println!(
+                "             new writes are refused (EACCES): the subscription is {}; \
+                 browsing and restore still work",
+                t.state.as_str()
+            );
+        }
+        println!(
+            "storage      {} used{}",
+            format_size(t.usage.charged_bytes),
+            l.quota_bytes
+                .map(|q| format!(" of {} quota", format_size(q)))
+                .unwrap_or_default()
+        );
+    }
+    println!(
+        "placement    packet {}, backup {}",
+        s.proximity.packet, s.proximity.backup
+    );
     println!(
         "chunks       {} ({} in packets)",
         s.chunk_count,
@@ -105,12 +142,12 @@ pub async fn run(args: StatusArgs) -> Result<ExitCode> {
     let up = s.nodes.iter().filter(|n| n.state == NodeState::Up).count();
     println!("nodes        {up} up of {}", s.nodes.len());
     println!(
-        "  {:<32} {:<8} {:<21} {:<7} {:<5} {:>10} {:>10} {:>8}",
+        "  {:<32} {:<8} {:<21} {:<7} {:<5} {:>10} {:>10} {:>8}  location",
         "id", "label", "addr", "pid", "state", "used", "capacity", "packets"
     );
     for n in &s.nodes {
         println!(
-            "  {:<32} {:<8} {:<21} {:<7} {:<5} {:>10} {:>10} {:>8}",
+            "  {:<32} {:<8} {:<21} {:<7} {:<5} {:>10} {:>10} {:>8}  {}",
             n.id.to_string(),
             n.label,
             n.addr,
@@ -121,7 +158,8 @@ pub async fn run(args: StatusArgs) -> Result<ExitCode> {
             },
             format_size(n.used_bytes),
             format_size(n.capacity_bytes),
-            n.packet_count
+            n.packet_count,
+            n.location.labels()
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -1,0 +1,388 @@
+//! Issue 4 end to end: a local grid of 7 nodes over 3 zones in 2 regions (`local up
+//! --topology`), placement rules proven from the coordinator's records (`gridback admin
+//! chunks --json`), run-time changes picked up without restarts, quota and suspension errors
+//! as the writing program sees them, a bandwidth limit, and a coordinator-requested backup.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step fails the test
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use gridback_tests::fuse_available_or_required;
+use gridback_tests::local::{LocalGridProcess, hash_file};
+use gridback_tests::tree::{Rng, assert_same_tree, make_tree, random};
+
+/// 3 zones in 2 regions; nodes 1 and 2 share a host.
+const TOPOLOGY: &str = "\
+# region/zone/host
+node eu/eu-1/h1
+node eu/eu-1/h1
+node eu/eu-2/h2
+node eu/eu-2/h3
+node us/us-1/h4
+node us/us-1/h5
+node us/us-1/h6
+client eu/eu-1/laptop
+";
+
+/// Write `len` random bytes to `path` and fsync; the error is what the program would see.
+fn write_synced(path: &Path, len: usize, seed: u64) -> std::io::Result<blake3::Hash> {
+    let data = random(&mut Rng::new(seed), len);
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(&data)?;
+    f.sync_all()?;
+    drop(f);
+    Ok(blake3::hash(&data))
+}
+
+fn ok(grid: &LocalGridProcess, args: &[&str]) -> String {
+    let out = grid.admin(args);
+    assert!(
+        out.status.success(),
+        "gridback admin {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        grid.log_text()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn chunks_of(grid: &LocalGridProcess, client: &str, snapshot: &str) -> Vec<serde_json::Value> {
+    let v = grid.admin_json(&["chunks", "--client", client, "--snapshot", snapshot]);
+    let chunks = v.as_array().expect("a JSON array of chunks").clone();
+    assert!(!chunks.is_empty(), "snapshot {snapshot} has no chunks");
+    chunks
+}
+
+fn target_locations(chunk: &serde_json::Value) -> Vec<String> {
+    chunk["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["location"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn zone_of(loc: &str) -> String {
+    loc.rsplit_once('/').unwrap().0.to_string()
+}
+
+/// Packet proximity, backup proximity, a client that moves, an impossible rule (ENOSPC,
+/// named in the log, nothing earlier harmed), node capacity changes and the records.
+#[test]
+fn placement_rules_hold_in_the_records() {
+    if !fuse_available_or_required() {
+        return;
+    }
+    gridback_tests::init_tracing();
+    let work = tempfile::tempdir().unwrap();
+    let topo = work.path().join("topology");
+    std::fs::write(&topo, TOPOLOGY).unwrap();
+    let data = work.path().join("data");
+    let mnt = work.path().join("mnt");
+    let grid = LocalGridProcess::start_with(
+        &data,
+        &mnt,
+        &[
+            "--topology",
+            topo.to_str().unwrap(),
+            "--erasure-k",
+            "2",
+            "--erasure-m",
+            "1",
+        ],
+    );
+    let client = grid.client_id();
+
+    // Records: the client profile and every node carry their registered locations.
+    let clients = grid.admin_json(&["clients"]);
+    let me = clients
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == client.as_str())
+        .unwrap_or_else(|| panic!("client {client} not in {clients}"));
+    assert_eq!(me["location"]["region"], "eu", "{me}");
+    assert_eq!(me["location"]["zone"], "eu-1", "{me}");
+    let status = grid.status();
+    let node_locs: Vec<&str> = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["location"].as_str().unwrap())
+        .collect();
+    assert_eq!(node_locs.len(), 7);
+    assert_eq!(
+        node_locs.iter().filter(|l| l.starts_with("us/")).count(),
+        3,
+        "{node_locs:?}"
+    );
+
+    // F12: packet proximity min 2 = no two packets of a chunk in one zone.
+    ok(&grid, &["placement", "set", "--packet-min", "2"]);
+    let zones = mnt.join("snapshots/zones");
+    std::fs::create_dir(&zones).unwrap();
+    let mut written = Vec::new();
+    for i in 0..3 {
+        let p = zones.join(format!("f{i}"));
+        written.push((p.clone(), write_synced(&p, 3 << 20, 100 + i).unwrap()));
+    }
+    for c in chunks_of(&grid, &client, "zones") {
+        let locs = target_locations(&c);
+        assert_eq!(locs.len(), 3, "{c}");
+        let distinct: HashSet<String> = locs.iter().map(|l| zone_of(l)).collect();
+        assert_eq!(distinct.len(), locs.len(), "two packets in one zone: {c}");
+        assert!(
+            c["sources"].as_array().unwrap().iter().any(|s| s == client.as_str()),
+            "{c}"
+        );
+        for (i, t) in c["targets"].as_array().unwrap().iter().enumerate() {
+            assert_eq!(t["packet"].as_u64(), Some(i as u64), "{c}");
+            assert_eq!(t["node"].as_str().map(str::len), Some(32), "{c}");
+        }
+    }
+    // The single-chunk view is the same record.
+    let first = &chunks_of(&grid, &client, "zones")[0];
+    let one = grid.admin_json(&["chunk", first["id"].as_str().unwrap()]);
+    assert_eq!(&one, first);
+
+    // F13: backup proximity min 3 = no packet in the source's region (eu).
+    ok(&grid, &["placement", "set", "--clear", "--backup-min", "3"]);
+    let far = mnt.join("snapshots/far");
+    std::fs::create_dir(&far).unwrap();
+    let p = far.join("f");
+    written.push((p.clone(), write_synced(&p, 3 << 20, 200).unwrap()));
+    for c in chunks_of(&grid, &client, "far") {
+        for l in target_locations(&c) {
+            assert!(l.starts_with("us/"), "a packet in the source's region: {c}");
+        }
+    }
+
+    // The client moves to the US: the same rule now keeps its packets in Europe, without
+    // restarting anything.
+    ok(&grid, &["client", "set", &client, "--location", "us/us-1/laptop"]);
+    let moved = mnt.join("snapshots/moved");
+    std::fs::create_dir(&moved).unwrap();
+    let p = moved.join("f");
+    written.push((p.clone(), write_synced(&p, 3 << 20, 300).unwrap()));
+    for c in chunks_of(&grid, &client, "moved") {
+        for l in target_locations(&c) {
+            assert!(l.starts_with("eu/"), "a packet in the moved source's region: {c}");
+        }
+    }
+
+    // An impossible rule: three packets in three different regions, with two regions.
+    ok(&grid, &["placement", "set", "--clear", "--packet-min", "3"]);
+    let imp = mnt.join("snapshots/impossible");
+    std::fs::create_dir(&imp).unwrap();
+    let err = write_synced(&imp.join("f"), 2 << 20, 400).expect_err("no placement can exist");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    let coord_log = std::fs::read_to_string(data.join("logs/coordinator.log")).unwrap();
+    assert!(
+        coord_log.contains("packet proximity"),
+        "the coordinator's log does not name the constraint:\n{coord_log}"
+    );
+    // Nothing stored earlier is harmed.
+    for (p, h) in &written {
+        assert_eq!(&hash_file(p), h, "{} changed", p.display());
+    }
+    ok(&grid, &["placement", "set", "--clear"]);
+
+    // Target allocation: an operator shrinks a node; the node and the records follow.
+    let node = status["nodes"][0]["id"].as_str().unwrap().to_string();
+    ok(&grid, &["node", "set", &node, "--capacity", "1GiB"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let d = grid.admin_json(&["node", &node]);
+        if d["status"]["capacity_bytes"].as_u64() == Some(1 << 30) {
+            assert!(d["recorded_packets"].as_u64().is_some(), "{d}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "capacity not applied: {d}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Source data records: snapshots by name, trees only by size and chunk references.
+    let snaps = grid.admin_json(&["snapshots", "--client", &client]);
+    let names: HashSet<&str> = snaps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["info"]["name"].as_str().unwrap())
+        .collect();
+    for n in ["zones", "far", "moved"] {
+        assert!(names.contains(n), "{snaps}");
+    }
+
+    // Every change is in the global backup log.
+    let out = ok(&grid, &["log", "--since", "1h", "--json"]);
+    let kinds: HashSet<String> = out
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    for k in ["placement.set", "client.set", "node.set"] {
+        assert!(kinds.contains(k), "{k} missing from the log: {kinds:?}");
+    }
+    grid.stop();
+}
+
+/// F15/F16/F17 as a program sees them: EDQUOT past the quota with earlier files intact,
+/// EACCES while suspended (reads keep working), and a 5 MB/s upload limit.
+#[test]
+fn quota_suspension_and_bandwidth() {
+    if !fuse_available_or_required() {
+        return;
+    }
+    gridback_tests::init_tracing();
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let mnt = work.path().join("mnt");
+    let grid = LocalGridProcess::start(&data, &mnt, 6);
+    let client = grid.client_id();
+    let snap = mnt.join("snapshots/s");
+    std::fs::create_dir(&snap).unwrap();
+    let a = snap.join("a");
+    let ha = write_synced(&a, 2 << 20, 1).unwrap();
+
+    let usage = |grid: &LocalGridProcess| {
+        grid.admin_json(&["client", &client])["profile"]["usage"]["charged_bytes"]
+            .as_u64()
+            .unwrap()
+    };
+    let used = usage(&grid);
+    assert!(used >= 2 << 20, "usage {used} does not count the 2 MiB file");
+
+    // Quota: 1 MB of room left; an 8 MiB file cannot fit.
+    let quota = (used + 1_000_000).to_string();
+    ok(&grid, &["subscription", "set", &client, "--quota", &quota]);
+    let err = write_synced(&snap.join("big"), 8 << 20, 2).expect_err("quota must refuse");
+    assert_eq!(err.raw_os_error(), Some(libc::EDQUOT), "{err}");
+    assert_eq!(hash_file(&a), ha, "a closed file changed after EDQUOT");
+    let shown = grid.admin_json(&["subscription", "show", &client]);
+    assert_eq!(
+        shown["subscription"]["limits"]["quota_bytes"].as_u64(),
+        Some(used + 1_000_000),
+        "{shown}"
+    );
+    ok(&grid, &["subscription", "set", &client, "--quota", "none"]);
+    write_synced(&snap.join("c"), 1 << 20, 3).expect("writes work again without a quota");
+
+    // Suspension: new writes get EACCES, reads keep working, status says why.
+    ok(&grid, &["subscription", "suspend", &client]);
+    let st = grid.status();
+    assert_eq!(st["subscription"]["state"], "suspended", "{st}");
+    let err = write_synced(&snap.join("d"), 1 << 20, 4).expect_err("suspended");
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+    assert_eq!(hash_file(&a), ha);
+    let text = grid.gridback(&["status"]);
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("suspended"),
+        "{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
+    ok(&grid, &["subscription", "resume", &client]);
+    write_synced(&snap.join("d"), 1 << 20, 4).expect("writes work again after resume");
+
+    // Bandwidth: 5 MB/s up makes 50 MB take about 10 s (generous bounds, not a timing test).
+    ok(&grid, &["subscription", "set", &client, "--bandwidth-up", "5MB/s"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(data.join("logs/mount.log"))
+        .unwrap_or_default()
+        .contains("bandwidth_up: Some(5000000)")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the mount did not pick up the new limits:\n{}",
+            grid.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let started = Instant::now();
+    let hb = write_synced(&snap.join("fifty"), 50_000_000, 5).unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    println!("50 MB at a 5 MB/s upload limit: {secs:.1} s");
+    assert!(
+        (5.0..60.0).contains(&secs),
+        "50 MB under a 5 MB/s limit took {secs:.1} s"
+    );
+    assert_eq!(hash_file(&snap.join("fifty")), hb);
+    ok(&grid, &["subscription", "set", &client, "--bandwidth-up", "none"]);
+    let log = ok(&grid, &["log", "--json"]);
+    for k in ["subscription.set", "subscription.suspend", "subscription.resume"] {
+        assert!(log.contains(k), "{k} missing from the log");
+    }
+    grid.stop();
+}
+
+/// F18: the operator schedules a backup; the agent started by `local up` runs it; the
+/// sealed snapshot restores identical and the run is in the backup log.
+#[test]
+fn requested_backup_runs_and_is_logged() {
+    if !fuse_available_or_required() {
+        return;
+    }
+    gridback_tests::init_tracing();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    make_tree(&src, 11, 3 << 20);
+    let data = work.path().join("data");
+    let mnt = work.path().join("mnt");
+    let grid = LocalGridProcess::start(&data, &mnt, 6);
+    let client = grid.client_id();
+    ok(
+        &grid,
+        &[
+            "schedule",
+            "add",
+            "--client",
+            &client,
+            "--path",
+            src.to_str().unwrap(),
+            "--every",
+            "1h",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let name = loop {
+        let out = grid.gridback(&["snapshot", "list", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let found = v["snapshots"].as_array().unwrap().iter().find(|s| {
+            s["name"].as_str().unwrap().starts_with("sched-") && s["state"] == "sealed"
+        });
+        if let Some(s) = found {
+            break s["name"].as_str().unwrap().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no requested backup appeared:\n{}\n{}",
+            grid.log_text(),
+            std::fs::read_to_string(data.join("logs/agent.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let schedules = grid.admin_json(&["schedule", "list"]);
+    let last = &schedules[0]["last_result"];
+    assert_eq!(last["ok"], true, "{schedules}");
+    assert_eq!(last["snapshot"].as_str(), Some(name.as_str()), "{schedules}");
+    let log = ok(&grid, &["log", "--json"]);
+    assert!(
+        log.lines().any(|l| l.contains("backup.scheduled") && l.contains(&name)),
+        "{log}"
+    );
+    // The requested backup is an ordinary sealed snapshot: restore it and compare.
+    let dest = work.path().join("restored");
+    let out = grid.gridback(&["restore", &name, dest.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "restore failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_tree(&src, &dest);
+    grid.stop();
+}

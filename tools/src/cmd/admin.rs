@@ -1,0 +1,151 @@
+//! `gridback admin`: the operator's client of the coordinator. Records are printed as
+//! tables, or as JSON with `--json` (ids as hex strings, sizes in bytes, times in ms since
+//! the Unix epoch).
+
+mod records;
+mod rules;
+mod schedule;
+mod table;
+mod when;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use gridback_fs::coord_client::CoordClient;
+use gridback_proto::coord_api::CoordRequest;
+use gridback_proto::tls::Identity;
+use gridback_proto::transport::{ConnPool, client_endpoint};
+use gridback_proto::{ErrorCode, Rpc};
+use serde::Deserialize;
+
+use crate::cli::{AdminArgs, AdminCmd};
+
+/// The admin config file (`DATA/admin.toml` of a local grid).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// The coordinator's address (`host:port`).
+    pub coordinator_addr: String,
+    /// Directory with `admin.crt`, `admin.key` and `ca.crt` (the coordinator writes them to
+    /// `COORDINATOR_DATA/admin` at init).
+    pub tls_dir: PathBuf,
+}
+
+impl AdminConfig {
+    /// Read an admin config file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the admin config {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid admin config {}", path.display()))
+    }
+}
+
+/// A connection to the coordinator with the admin certificate.
+pub struct Admin {
+    coord: CoordClient,
+}
+
+impl Admin {
+    /// Connect as the operator described by `config`.
+    pub fn connect(config: &AdminConfig) -> Result<Self> {
+        let dir = &config.tls_dir;
+        let read = |name: &str| {
+            let p = dir.join(name);
+            std::fs::read_to_string(&p).with_context(|| {
+                format!(
+                    "cannot read {} (the coordinator writes the admin certificate to \
+                     COORDINATOR_DATA/admin at init)",
+                    p.display()
+                )
+            })
+        };
+        let identity = Identity::from_pem(
+            &read("admin.crt")?,
+            &read("admin.key")?,
+            &read("ca.crt")?,
+        )?;
+        let ep = client_endpoint(&identity)?;
+        Ok(Self {
+            coord: CoordClient::new(ConnPool::new(ep), config.coordinator_addr.clone()),
+        })
+    }
+
+    /// One request, with an error that names the request and the coordinator's reason.
+    pub async fn call<R: Rpc<Envelope = CoordRequest>>(&self, req: R) -> Result<R::Response> {
+        match self.coord.call(req).await {
+            Ok(r) => Ok(r),
+            Err(e) if e.code() == Some(ErrorCode::Unauthorized) => Err(anyhow::Error::new(e)
+                .context(format!(
+                    "the coordinator refused `{}`: is this the admin certificate of this grid?",
+                    R::NAME
+                ))),
+            Err(e) => Err(anyhow::Error::new(e).context(format!(
+                "`{}` at the coordinator {} failed",
+                R::NAME,
+                self.coord.addr()
+            ))),
+        }
+    }
+}
+
+impl Drop for Admin {
+    fn drop(&mut self) {
+        self.coord.pool().close_all();
+    }
+}
+
+/// `gridback admin …`.
+pub async fn run(args: AdminArgs, stop: &super::StopSignal) -> Result<ExitCode> {
+    let Some(path) = args.config.config.as_deref() else {
+        bail!(
+            "no admin config: pass --config FILE (DATA/admin.toml of a local grid) or set \
+             GRIDBACK_ADMIN_CONFIG"
+        );
+    };
+    let admin = Admin::connect(&AdminConfig::load(path)?)?;
+    let json = args.config.json;
+    match args.command {
+        AdminCmd::Clients => records::clients(&admin, json).await,
+        AdminCmd::Client(c) => match (c.id, c.set) {
+            (Some(id), None) => records::client(&admin, &id, json).await,
+            (None, Some(crate::cli::ClientSetCmd::Set { id, place })) => {
+                rules::client_set(&admin, &id, &place, json).await
+            }
+            _ => bail!("give a client id: `gridback admin client ID` or `admin client set ID …`"),
+        },
+        AdminCmd::Snapshots { client } => records::snapshots(&admin, &client, json).await,
+        AdminCmd::Node(n) => match (n.id, n.set) {
+            (Some(id), None) => records::node(&admin, &id, json).await,
+            (None, Some(crate::cli::NodeSetCmd::Set { id, place, capacity })) => {
+                rules::node_set(&admin, &id, &place, capacity.as_deref(), json).await
+            }
+            _ => bail!("give a node id: `gridback admin node ID` or `admin node set ID …`"),
+        },
+        AdminCmd::Chunk { id } => records::chunk(&admin, &id, json).await,
+        AdminCmd::Chunks { client, snapshot } => {
+            records::chunks(&admin, &client, snapshot, json).await
+        }
+        AdminCmd::Log { follow, since } => {
+            records::log(&admin, follow, since.as_deref(), json, stop).await
+        }
+        AdminCmd::Placement(p) => rules::placement(&admin, p, json).await,
+        AdminCmd::Subscription(s) => rules::subscription(&admin, s, json).await,
+        AdminCmd::Schedule(s) => schedule::run(&admin, s, json).await,
+    }
+}
+
+/// Parse an id argument with a message that names what was expected.
+fn parse_id<T: std::str::FromStr>(what: &str, s: &str) -> Result<T>
+where
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    s.parse::<T>()
+        .with_context(|| format!("{s:?} is not a {what} id (hex, as `gridback admin` prints it)"))
+}
+
+/// Print a value as one JSON document.
+fn print_json<T: serde::Serialize>(v: &T) -> Result<ExitCode> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(ExitCode::SUCCESS)
+}
