@@ -72,6 +72,9 @@ pub struct DirEntry {
 struct Handle {
     ino: u64,
     write: bool,
+    /// Set when the snapshot was sealed with `--force` while this handle was open for
+    /// writing: later writes through it answer EROFS instead of changing a sealed file.
+    frozen: bool,
     /// End offset of the previous read, to detect sequential reads for readahead.
     last_read_end: u64,
 }
@@ -224,6 +227,16 @@ impl FsCore {
         }
     }
 
+    /// Freeze (or thaw) every write handle on `inos`; see [`Handle::frozen`].
+    fn set_frozen(&self, inos: &[u64], frozen: bool) {
+        let mut handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+        for h in handles.values_mut() {
+            if h.write && inos.contains(&h.ino) {
+                h.frozen = frozen;
+            }
+        }
+    }
+
     fn alloc_fh(&self, ino: u64, write: bool) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles
@@ -234,6 +247,7 @@ impl FsCore {
                 Handle {
                     ino,
                     write,
+                    frozen: false,
                     last_read_end: 0,
                 },
             );

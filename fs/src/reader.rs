@@ -446,6 +446,56 @@ mod tests {
     }
 
     #[test]
+    fn holders_are_ordered_up_first_then_unmeasured_then_fastest() {
+        use gridback_proto::{CertFingerprint, Order, OrderOp, OrderSigner, PacketName};
+        let (signer, _) = OrderSigner::generate();
+        let node = |i: u8| NodeId([i; 16]);
+        let located = |i: u8, up: bool| LocatedPacket {
+            index: i,
+            node: node(i),
+            addr: String::new(),
+            node_up: up,
+            checksum: [0; 32],
+            order: signer.sign(Order {
+                op: OrderOp::Get,
+                node: node(i),
+                packet: PacketName::random(),
+                size_bytes: 1,
+                client: CertFingerprint([0; 32]),
+                expires_unix_ms: 0,
+            }),
+        };
+        let loc = ChunkLocation {
+            id: ChunkId([0; 32]),
+            k: 4,
+            m: 2,
+            shard_bytes: 1,
+            packets: (0..6).map(|i| located(i, i != 5)).collect(),
+        };
+        let latency = NodeLatency::default();
+        latency.record(node(0), Duration::from_millis(50));
+        latency.record(node(1), Duration::from_millis(5));
+        latency.record(node(2), Duration::from_millis(20));
+        latency.record(node(5), Duration::from_millis(1));
+        let order: Vec<u8> = order_holders(&loc, &latency)
+            .iter()
+            .map(|p| p.index)
+            .collect();
+        // 3 and 4 unmeasured (either order), then 1, 2, 0 by estimate; the down node last.
+        assert_eq!(&order[2..], &[1, 2, 0, 5], "{order:?}");
+        let mut unmeasured = order[..2].to_vec();
+        unmeasured.sort_unstable();
+        assert_eq!(unmeasured, vec![3, 4]);
+        // A stalled node's cancelled request pushes it behind the others.
+        latency.record_straggler(node(1), Duration::from_millis(400));
+        let order: Vec<u8> = order_holders(&loc, &latency)
+            .iter()
+            .map(|p| p.index)
+            .collect();
+        assert_eq!(&order[2..], &[2, 0, 1, 5], "{order:?}");
+    }
+
+    #[test]
     fn subsets_skip_one_packet_and_keep_the_newest() {
         let got = vec![pk(0), pk(1), pk(2)];
         assert_eq!(subsets(&got[..2], 2, true).len(), 1);

@@ -2,9 +2,9 @@
 //! limit (transfers, CPU workers). Both can change their setting at any time, and waiters pick
 //! the change up at once; `None` means unlimited.
 //!
-//! The same file is used by the storage node (`storage-node/src/throttle.rs`); it belongs in
-//! `proto::transport` once that crate can take it, and until then the two copies must stay
-//! identical.
+//! Identical copies live in `fs/src/throttle.rs` (the client) and
+//! `storage-node/src/throttle.rs` (per-client limits at the node); the code belongs in
+//! `proto::transport`, and moves there when that crate can take it. Until then, change both.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

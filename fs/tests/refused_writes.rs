@@ -73,7 +73,8 @@ async fn refusals_reach_the_writer_as_errno_and_leave_committed_files_intact() {
         (Refusal::NoPlacement, libc::ENOSPC),
     ] {
         grid.refuse_stores(Some(refusal));
-        // A new file: close fails with the errno, and the file is gone afterwards.
+        // A new file: close fails with the errno, and the file stays, empty (its content
+        // at creation, the last one committed).
         let (attr, fh) = core
             .create(root, b"new", 0o644, ROOT_OWNER, false)
             .await
@@ -87,12 +88,13 @@ async fn refusals_reach_the_writer_as_errno_and_leave_committed_files_intact() {
         // fsync retries (bytes still spooled while open) and fails the same way.
         assert_eq!(core.fsync(fh).await.unwrap_err().errno(), errno);
         assert_eq!(core.release(fh).await.unwrap_err().errno(), errno);
+        let looked = core.lookup(root, b"new").await.unwrap();
+        assert_eq!(looked.ino, attr.ino, "{refusal:?}");
         assert_eq!(
-            core.lookup(root, b"new").await.unwrap_err().errno(),
-            libc::ENOENT,
-            "{refusal:?}: a never-committed file must not remain"
+            looked.inode.size, 0,
+            "{refusal:?}: no partial content may remain"
         );
-        assert!(core.getattr(attr.ino).await.is_err());
+        assert_eq!(read_all(&core, attr.ino).await, Vec::<u8>::new());
 
         // An existing file rewritten: close fails, the previous content stays.
         let fh = core.open(kept, true, false).await.unwrap();

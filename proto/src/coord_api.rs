@@ -635,7 +635,12 @@ rpc!(AdminNode, AdminNode, NodeDetail, "admin_node");
 rpc!(AdminChunk, AdminChunk, ChunkView, "admin_chunk");
 rpc!(AdminChunks, AdminChunks, ChunkViews, "admin_chunks");
 rpc!(AdminNodeSet, AdminNodeSet, NodeDetail, "admin_node_set");
-rpc!(AdminClientSet, AdminClientSet, ClientDetail, "admin_client_set");
+rpc!(
+    AdminClientSet,
+    AdminClientSet,
+    ClientDetail,
+    "admin_client_set"
+);
 rpc!(
     AdminPlacementSet,
     AdminPlacementSet,

@@ -43,7 +43,11 @@ impl FromStr for Coords {
 
     /// Parse `LAT,LON`, e.g. `48.14,11.58`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || LocationError(format!("{s:?} is not LAT,LON in degrees (e.g. 48.14,11.58)"));
+        let err = || {
+            LocationError(format!(
+                "{s:?} is not LAT,LON in degrees (e.g. 48.14,11.58)"
+            ))
+        };
         let (a, b) = s.split_once(',').ok_or_else(err)?;
         let lat: f64 = a.trim().parse().map_err(|_| err())?;
         let lon: f64 = b.trim().parse().map_err(|_| err())?;
@@ -368,7 +372,10 @@ mod tests {
             max: Some(Distance::Level(2)),
         };
         let a = loc("eu/z1/h1");
-        assert_eq!(b.check(&a, &a), Err(Violation::BelowMin(Distance::Level(1))));
+        assert_eq!(
+            b.check(&a, &a),
+            Err(Violation::BelowMin(Distance::Level(1)))
+        );
         assert_eq!(b.check(&a, &loc("eu/z2/h1")), Ok(()));
         assert_eq!(
             b.check(&a, &loc("us/z2/h1")),

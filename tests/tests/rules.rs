@@ -133,7 +133,11 @@ fn placement_rules_hold_in_the_records() {
         let distinct: HashSet<String> = locs.iter().map(|l| zone_of(l)).collect();
         assert_eq!(distinct.len(), locs.len(), "two packets in one zone: {c}");
         assert!(
-            c["sources"].as_array().unwrap().iter().any(|s| s == client.as_str()),
+            c["sources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s == client.as_str()),
             "{c}"
         );
         for (i, t) in c["targets"].as_array().unwrap().iter().enumerate() {
@@ -160,14 +164,20 @@ fn placement_rules_hold_in_the_records() {
 
     // The client moves to the US: the same rule now keeps its packets in Europe, without
     // restarting anything.
-    ok(&grid, &["client", "set", &client, "--location", "us/us-1/laptop"]);
+    ok(
+        &grid,
+        &["client", "set", &client, "--location", "us/us-1/laptop"],
+    );
     let moved = mnt.join("snapshots/moved");
     std::fs::create_dir(&moved).unwrap();
     let p = moved.join("f");
     written.push((p.clone(), write_synced(&p, 3 << 20, 300).unwrap()));
     for c in chunks_of(&grid, &client, "moved") {
         for l in target_locations(&c) {
-            assert!(l.starts_with("eu/"), "a packet in the moved source's region: {c}");
+            assert!(
+                l.starts_with("eu/"),
+                "a packet in the moved source's region: {c}"
+            );
         }
     }
 
@@ -255,7 +265,10 @@ fn quota_suspension_and_bandwidth() {
             .unwrap()
     };
     let used = usage(&grid);
-    assert!(used >= 2 << 20, "usage {used} does not count the 2 MiB file");
+    assert!(
+        used >= 2 << 20,
+        "usage {used} does not count the 2 MiB file"
+    );
 
     // Quota: 1 MB of room left; an 8 MiB file cannot fit.
     let quota = (used + 1_000_000).to_string();
@@ -289,11 +302,14 @@ fn quota_suspension_and_bandwidth() {
     write_synced(&snap.join("d"), 1 << 20, 4).expect("writes work again after resume");
 
     // Bandwidth: 5 MB/s up makes 50 MB take about 10 s (generous bounds, not a timing test).
-    ok(&grid, &["subscription", "set", &client, "--bandwidth-up", "5MB/s"]);
+    ok(
+        &grid,
+        &["subscription", "set", &client, "--bandwidth-up", "5MB/s"],
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     while !std::fs::read_to_string(data.join("logs/mount.log"))
         .unwrap_or_default()
-        .contains("bandwidth_up: Some(5000000)")
+        .contains("bandwidth_up=Some(5000000)")
     {
         assert!(
             Instant::now() < deadline,
@@ -311,9 +327,16 @@ fn quota_suspension_and_bandwidth() {
         "50 MB under a 5 MB/s limit took {secs:.1} s"
     );
     assert_eq!(hash_file(&snap.join("fifty")), hb);
-    ok(&grid, &["subscription", "set", &client, "--bandwidth-up", "none"]);
+    ok(
+        &grid,
+        &["subscription", "set", &client, "--bandwidth-up", "none"],
+    );
     let log = ok(&grid, &["log", "--json"]);
-    for k in ["subscription.set", "subscription.suspend", "subscription.resume"] {
+    for k in [
+        "subscription.set",
+        "subscription.suspend",
+        "subscription.resume",
+    ] {
         assert!(log.contains(k), "{k} missing from the log");
     }
     grid.stop();
@@ -352,9 +375,10 @@ fn requested_backup_runs_and_is_logged() {
     let name = loop {
         let out = grid.gridback(&["snapshot", "list", "--json"]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let found = v["snapshots"].as_array().unwrap().iter().find(|s| {
-            s["name"].as_str().unwrap().starts_with("sched-") && s["state"] == "sealed"
-        });
+        let found =
+            v["snapshots"].as_array().unwrap().iter().find(|s| {
+                s["name"].as_str().unwrap().starts_with("sched-") && s["state"] == "sealed"
+            });
         if let Some(s) = found {
             break s["name"].as_str().unwrap().to_string();
         }
@@ -369,10 +393,15 @@ fn requested_backup_runs_and_is_logged() {
     let schedules = grid.admin_json(&["schedule", "list"]);
     let last = &schedules[0]["last_result"];
     assert_eq!(last["ok"], true, "{schedules}");
-    assert_eq!(last["snapshot"].as_str(), Some(name.as_str()), "{schedules}");
+    assert_eq!(
+        last["snapshot"].as_str(),
+        Some(name.as_str()),
+        "{schedules}"
+    );
     let log = ok(&grid, &["log", "--json"]);
     assert!(
-        log.lines().any(|l| l.contains("backup.scheduled") && l.contains(&name)),
+        log.lines()
+            .any(|l| l.contains("backup.scheduled") && l.contains(&name)),
         "{log}"
     );
     // The requested backup is an ordinary sealed snapshot: restore it and compare.

@@ -260,7 +260,12 @@ pub struct BenchArgs {
     pub workdir: Option<PathBuf>,
     /// Phases to run, comma-separated: write, read (needs write), browse, cat-restore,
     /// placement; or `all`.
-    #[arg(long, value_delimiter = ',', default_value = "write,read", value_name = "LIST")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "write,read",
+        value_name = "LIST"
+    )]
     pub phases: Vec<String>,
     /// Files in the browse phase's snapshot.
     #[arg(long, default_value_t = 100_000, value_name = "N")]

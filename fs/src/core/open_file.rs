@@ -17,7 +17,9 @@
 //!   its written bytes stay in the spool and a later fsync or close tries again;
 //! * at the last close, the uncommitted bytes are dropped with the spool, exactly as after
 //!   a crash: the file keeps its previous committed content, and a file created by this
-//!   write that was never committed is removed. No partial version is ever committed.
+//!   write that was never committed stays as the empty file it was at creation (its name
+//!   stays valid, so a program can retry with `open(O_CREAT)` after the cause is fixed). No
+//!   partial version is ever committed.
 
 use std::fs::File;
 use std::io::Read;
@@ -237,6 +239,12 @@ impl FsCore {
             return Err(FsError::BadHandle);
         }
         let (of, mut st) = self.lock_live(h.ino).await;
+        // Checked under the file's lock: a forced seal freezes handles before it commits.
+        if self.handle(fh)?.frozen {
+            return Err(FsError::ReadOnly(
+                "snapshot was sealed while the file was open",
+            ));
+        }
         self.ensure_spool(&of, &mut st, true).await?;
         let spool = st.spool.as_ref().ok_or(FsError::BadHandle)?;
         spool.write_all_at(data, offset)?;
@@ -421,7 +429,7 @@ impl FsCore {
     }
 
     /// Drop the uncommitted bytes of a file whose last commit failed with no handle left
-    /// (see the module doc): it keeps its committed content, or disappears if it was never
+    /// (see the module doc): it keeps its committed content, or stays empty if it was never
     /// committed.
     async fn abandon_write(&self, of: &OpenFile) -> Result<(), FsError> {
         let mut st = of.state.lock().await;
@@ -431,13 +439,19 @@ impl FsCore {
         st.dirty = false;
         st.pending_mtime = None;
         st.layout = None;
-        if let Some(inode) = self.meta.inode(of.ino)? {
+        if let Some(mut inode) = self.meta.inode(of.ino)? {
             if inode.provisional && inode.nlink > 0 {
                 warn!(
                     ino = of.ino,
-                    "removing a new file whose content could not be stored"
+                    "a new file stays empty: its content could not be stored"
                 );
-                self.remove_provisional(of.ino, &inode)?;
+                inode.provisional = false;
+                inode.size = 0;
+                st.size = 0;
+                let mut tx = self.meta.write()?;
+                tx.put_content(of.ino, &[])?;
+                tx.put_inode(of.ino, &inode)?;
+                tx.commit()?;
             } else {
                 warn!(
                     ino = of.ino,

@@ -273,6 +273,24 @@ impl FsCore {
                 busy.len()
             )));
         }
+        // From here on, writes through handles still open (with --force) answer EROFS;
+        // the files' open state locks order them before or after this point.
+        self.set_frozen(&busy, true);
+        let r = self.seal_frozen(name, root, local).await;
+        if r.is_err() {
+            self.set_frozen(&busy, false);
+        }
+        r
+    }
+
+    async fn seal_frozen(
+        &self,
+        name: &str,
+        root: u64,
+        local: LocalSnapshot,
+    ) -> Result<SealReport, FsError> {
+        // A write that took its file's lock before the freeze lands in the spool first;
+        // committing takes the same lock, so it is part of the sealed file.
         self.commit_all_in(root).await?;
         let _g = self.snapshot_lock.lock().await;
         let tree = self.export_tree(root)?;

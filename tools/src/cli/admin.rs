@@ -10,7 +10,12 @@ pub struct AdminConfigArg {
     /// Admin configuration file: the coordinator's address and the admin certificate
     /// (written by `gridback local up` as DATA/admin.toml; for a real deployment, point
     /// `tls_dir` at COORDINATOR_DATA/admin).
-    #[arg(long, env = "GRIDBACK_ADMIN_CONFIG", value_name = "FILE", global = true)]
+    #[arg(
+        long,
+        env = "GRIDBACK_ADMIN_CONFIG",
+        value_name = "FILE",
+        global = true
+    )]
     pub config: Option<PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long, global = true)]

@@ -60,11 +60,8 @@ impl Admin {
                 )
             })
         };
-        let identity = Identity::from_pem(
-            &read("admin.crt")?,
-            &read("admin.key")?,
-            &read("ca.crt")?,
-        )?;
+        let identity =
+            Identity::from_pem(&read("admin.crt")?, &read("admin.key")?, &read("ca.crt")?)?;
         let ep = client_endpoint(&identity)?;
         Ok(Self {
             coord: CoordClient::new(ConnPool::new(ep), config.coordinator_addr.clone()),
@@ -117,9 +114,14 @@ pub async fn run(args: AdminArgs, stop: &super::StopSignal) -> Result<ExitCode> 
         AdminCmd::Snapshots { client } => records::snapshots(&admin, &client, json).await,
         AdminCmd::Node(n) => match (n.id, n.set) {
             (Some(id), None) => records::node(&admin, &id, json).await,
-            (None, Some(crate::cli::NodeSetCmd::Set { id, place, capacity })) => {
-                rules::node_set(&admin, &id, &place, capacity.as_deref(), json).await
-            }
+            (
+                None,
+                Some(crate::cli::NodeSetCmd::Set {
+                    id,
+                    place,
+                    capacity,
+                }),
+            ) => rules::node_set(&admin, &id, &place, capacity.as_deref(), json).await,
             _ => bail!("give a node id: `gridback admin node ID` or `admin node set ID …`"),
         },
         AdminCmd::Chunk { id } => records::chunk(&admin, &id, json).await,

@@ -18,7 +18,7 @@ use gridback_fs::tree::MasterKeyCipher;
 use gridback_proto::now_unix_ms;
 use gridback_proto::schedule_api::{BackupRequest, SchedulePoll, ScheduleReport, ScheduleResult};
 use gridback_proto::units::{format_size, parse_duration};
-use tracing::{error, info, info_span, warn, Instrument};
+use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::cli::AgentArgs;
 

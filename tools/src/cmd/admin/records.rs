@@ -30,7 +30,15 @@ pub async fn clients(admin: &Admin, json: bool) -> Result<ExitCode> {
         return print_json(&r.clients);
     }
     let mut t = Table::new(&[
-        "CLIENT", "LABEL", "LOCATION", "PLAN", "STATE", "USED", "CHUNKS", "SNAPSHOTS", "LAST SEEN",
+        "CLIENT",
+        "LABEL",
+        "LOCATION",
+        "PLAN",
+        "STATE",
+        "USED",
+        "CHUNKS",
+        "SNAPSHOTS",
+        "LAST SEEN",
     ]);
     for c in &r.clients {
         t.row(vec![
@@ -68,7 +76,8 @@ pub fn print_client(d: &ClientDetail, json: bool) -> Result<ExitCode> {
         Some(q) => format!("{} of {}", format_size(used), format_size(q)),
         None => format!("{} (no quota)", format_size(used)),
     };
-    let rate = |v: Option<u64>| v.map_or_else(|| "unlimited".into(), |b| format!("{}/s", format_size(b)));
+    let rate =
+        |v: Option<u64>| v.map_or_else(|| "unlimited".into(), |b| format!("{}/s", format_size(b)));
     let num = |v: Option<u32>| v.map_or_else(|| "default".into(), |n| n.to_string());
     println!("client        {}", p.id);
     println!("label         {}", p.label);
@@ -77,7 +86,8 @@ pub fn print_client(d: &ClientDetail, json: bool) -> Result<ExitCode> {
     println!("state         {}", p.state.as_str());
     println!(
         "expires       {}",
-        s.expires_unix_ms.map_or_else(|| "never".into(), format_instant)
+        s.expires_unix_ms
+            .map_or_else(|| "never".into(), format_instant)
     );
     println!("storage       {quota}");
     println!("chunks        {}", p.usage.chunk_count);
@@ -86,7 +96,11 @@ pub fn print_client(d: &ClientDetail, json: bool) -> Result<ExitCode> {
         format_size(p.usage.uploaded_packet_bytes)
     );
     println!("snapshots     {}", p.snapshot_count);
-    println!("bandwidth     up {}, down {}", rate(l.bandwidth_up), rate(l.bandwidth_down));
+    println!(
+        "bandwidth     up {}, down {}",
+        rate(l.bandwidth_up),
+        rate(l.bandwidth_down)
+    );
     println!("threads       {}", num(l.threads));
     println!("transfers     {}", num(l.transfers));
     println!("packet prox.  {}", d.effective_proximity.packet);
@@ -111,7 +125,13 @@ pub async fn snapshots(admin: &Admin, client: &str, json: bool) -> Result<ExitCo
         return print_json(&r.snapshots);
     }
     let mut t = Table::new(&[
-        "SNAPSHOT", "STATE", "CREATED", "SEALED", "CHUNKS", "TREE", "TREE CHUNKS",
+        "SNAPSHOT",
+        "STATE",
+        "CREATED",
+        "SEALED",
+        "CHUNKS",
+        "TREE",
+        "TREE CHUNKS",
     ]);
     for s in &r.snapshots {
         let i = &s.info;
@@ -180,11 +200,19 @@ fn chunk_rows(t: &mut Table, c: &ChunkView) {
         .join(",");
     for (i, tg) in c.targets.iter().enumerate() {
         t.row(vec![
-            if i == 0 { c.id.to_string() } else { String::new() },
+            if i == 0 {
+                c.id.to_string()
+            } else {
+                String::new()
+            },
             tg.packet.to_string(),
             tg.node.to_string(),
             tg.location.clone(),
-            if i == 0 { sources.clone() } else { String::new() },
+            if i == 0 {
+                sources.clone()
+            } else {
+                String::new()
+            },
         ]);
     }
 }

@@ -38,10 +38,7 @@ pub async fn node_set(
 ) -> Result<ExitCode> {
     let id: NodeId = parse_id("node", id)?;
     check_location(place)?;
-    let capacity_bytes = capacity
-        .map(parse_size)
-        .transpose()
-        .context("--capacity")?;
+    let capacity_bytes = capacity.map(parse_size).transpose().context("--capacity")?;
     if place.location.is_none() && place.coords.is_none() && capacity_bytes.is_none() {
         bail!("nothing to change: give --location, --coords or --capacity");
     }
@@ -148,7 +145,9 @@ pub async fn placement(admin: &Admin, cmd: PlacementCmd, json: bool) -> Result<E
                 && b.backup_min.is_none()
                 && b.backup_max.is_none()
             {
-                bail!("nothing to change: give --packet-min/--packet-max/--backup-min/--backup-max or --clear");
+                bail!(
+                    "nothing to change: give --packet-min/--packet-max/--backup-min/--backup-max or --clear"
+                );
             }
             let r = admin
                 .call(AdminPlacementSet {
@@ -198,7 +197,10 @@ async fn subscription_set(admin: &Admin, a: SubscriptionSetArgs, json: bool) -> 
     let bandwidth_down = limit("bandwidth-down", &a.bandwidth_down, &mut unset, |s| {
         Ok(parse_rate(s)?)
     })?;
-    for (flag, v) in [("bandwidth-up", bandwidth_up), ("bandwidth-down", bandwidth_down)] {
+    for (flag, v) in [
+        ("bandwidth-up", bandwidth_up),
+        ("bandwidth-down", bandwidth_down),
+    ] {
         if v == Some(0) {
             bail!("--{flag} must be more than 0 (use `none` for unlimited)");
         }

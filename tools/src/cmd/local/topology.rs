@@ -95,7 +95,10 @@ mod tests {
 
     #[test]
     fn errors_name_the_line() {
-        let e = format!("{:#}", Topology::parse("node eu/eu-1/a\nnode eu/x\n").unwrap_err());
+        let e = format!(
+            "{:#}",
+            Topology::parse("node eu/eu-1/a\nnode eu/x\n").unwrap_err()
+        );
         assert!(e.contains("line 2"), "{e}");
         let e = format!("{:#}", Topology::parse("rack eu/eu-1/a\n").unwrap_err());
         assert!(e.contains("unknown kind"), "{e}");
