@@ -1,7 +1,7 @@
 //! The read path: locate (batched, cached briefly) → fetch any k packets → decode → un-pad →
 //! decrypt → decompress → verify the chunk id.
 //!
-//! **Hedged fetches.** A chunk's holders are ranked by [`order_holders`] (up nodes first, then
+//! **Hedged fetches.** A chunk's holders are ranked by `order_holders` (up nodes first, then
 //! by the per-node latency estimate of [`NodeLatency`], unmeasured nodes in random order).
 //! The best k are asked at once. While fewer than k packets have arrived, every hedge delay
 //! (the largest `max(2 × estimate, 30 ms)`, capped at 1 s, among the requests in flight; 200 ms
