@@ -95,7 +95,13 @@ pub struct FsCore {
     /// When the snapshot list was last fetched from the coordinator.
     last_snapshot_sync: Mutex<Option<std::time::Instant>>,
     mounted_at: Time,
+    /// Tells the kernel to forget what it caches about an inode (attributes, pages) when the
+    /// core changes a file behind the kernel's back (set by the FUSE adapter).
+    invalidator: std::sync::OnceLock<Invalidator>,
 }
+
+/// See [`FsCore::set_invalidator`].
+pub type Invalidator = Box<dyn Fn(u64) + Send + Sync>;
 
 impl std::fmt::Debug for FsCore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -131,9 +137,24 @@ impl FsCore {
             snapshot_lock: tokio::sync::Mutex::new(()),
             last_snapshot_sync: Mutex::new(None),
             mounted_at: Time::now(),
+            invalidator: std::sync::OnceLock::new(),
         };
         core.recover()?;
         Ok(core)
+    }
+
+    /// Install the hook that makes the kernel drop its cached attributes and pages of an
+    /// inode. Called when a refused write is abandoned (the file goes back to its committed
+    /// content, which the kernel has not seen). The hook must not block on FUSE requests.
+    pub fn set_invalidator(&self, f: Invalidator) {
+        let _ = self.invalidator.set(f);
+    }
+
+    /// Ask the kernel to forget what it caches about `ino` (no-op without a FUSE adapter).
+    pub(crate) fn invalidate(&self, ino: u64) {
+        if let Some(f) = self.invalidator.get() {
+            f(ino);
+        }
     }
 
     /// Remove a file that was created but never committed: its directory entries and inode.

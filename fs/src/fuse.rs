@@ -609,10 +609,24 @@ pub fn mount(
     cfg.acl = fuser::SessionACL::All;
     cfg.n_threads = Some(threads.max(2));
     cfg.clone_fd = true;
-    fuser::spawn_mount(FuseAdapter::new(core, rt), mountpoint, &cfg).map_err(|e| {
-        MountError::Mount {
+    let session = fuser::spawn_mount(FuseAdapter::new(core.clone(), rt), mountpoint, &cfg)
+        .map_err(|e| MountError::Mount {
             path: shown,
             source: e,
-        }
-    })
+        })?;
+    let notifier = session.notifier();
+    core.set_invalidator(Box::new(move |ino| {
+        // From its own thread: the kernel may hold locks of the request being answered, and an
+        // invalidation waits for them.
+        let notifier = notifier.clone();
+        std::thread::spawn(move || {
+            if let Err(e) = notifier.inval_inode(fuser::INodeNo(ino), 0, -1) {
+                // ENOENT: the kernel had already forgotten the inode, nothing to drop.
+                if e.raw_os_error() != Some(libc::ENOENT) {
+                    tracing::debug!(ino, error = %e, "kernel cache invalidation failed");
+                }
+            }
+        });
+    }));
+    Ok(session)
 }

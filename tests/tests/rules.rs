@@ -36,6 +36,14 @@ fn write_synced(path: &Path, len: usize, seed: u64) -> std::io::Result<blake3::H
     Ok(blake3::hash(&data))
 }
 
+fn poll_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn ok(grid: &LocalGridProcess, args: &[&str]) -> String {
     let out = grid.admin(args);
     assert!(
@@ -273,9 +281,47 @@ fn quota_suspension_and_bandwidth() {
     // Quota: 1 MB of room left; an 8 MiB file cannot fit.
     let quota = (used + 1_000_000).to_string();
     ok(&grid, &["subscription", "set", &client, "--quota", &quota]);
+    // statfs reports the subscription's space once the mount has the new terms.
+    let want_total = used + 1_000_000;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = nix::sys::statvfs::statvfs(&snap).unwrap();
+        let frag = st.fragment_size();
+        let total = st.blocks() * frag;
+        let free = st.blocks_available() * frag;
+        if total.abs_diff(want_total) < frag {
+            assert!(
+                free <= 1_000_000 && free + 2 * frag >= 1_000_000,
+                "free {free}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "statfs total {total}, want the quota {want_total}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let err = write_synced(&snap.join("big"), 8 << 20, 2).expect_err("quota must refuse");
     assert_eq!(err.raw_os_error(), Some(libc::EDQUOT), "{err}");
     assert_eq!(hash_file(&a), ha, "a closed file changed after EDQUOT");
+    // The refused new file stays, empty: no partial content is ever committed. (FUSE sends
+    // the last release after close(2) returns, so the abandonment may land a moment later.)
+    poll_until("the refused file to be empty", || {
+        std::fs::metadata(snap.join("big")).unwrap().len() == 0
+    });
+    assert_eq!(std::fs::read(snap.join("big")).unwrap(), Vec::<u8>::new());
+    // Rewriting an existing file past the quota fails and keeps its previous content.
+    let err = write_synced(&a, 8 << 20, 6).expect_err("quota must refuse a rewrite");
+    assert_eq!(err.raw_os_error(), Some(libc::EDQUOT), "{err}");
+    poll_until("the refused rewrite to be dropped", || {
+        std::fs::metadata(&a).unwrap().len() == 2 << 20
+    });
+    assert_eq!(
+        hash_file(&a),
+        ha,
+        "a rewritten file lost its content after EDQUOT"
+    );
     let shown = grid.admin_json(&["subscription", "show", &client]);
     assert_eq!(
         shown["subscription"]["limits"]["quota_bytes"].as_u64(),

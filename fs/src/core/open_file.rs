@@ -453,12 +453,14 @@ impl FsCore {
                 tx.put_inode(of.ino, &inode)?;
                 tx.commit()?;
             } else {
+                st.size = inode.size;
                 warn!(
                     ino = of.ino,
                     size = inode.size,
                     "file keeps its previous content: the new content could not be stored"
                 );
             }
+            self.invalidate(of.ino);
         }
         Ok(())
     }
