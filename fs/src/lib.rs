@@ -7,7 +7,7 @@
 //! adapter over `FsCore`; `meta` is the client's local, crash-safe metadata (redb).
 //! `backup` and `restore` work straight against the grid and the `tree` format, without the
 //! mount, reporting through `progress`. `terms` keeps the coordinator's limits for this
-//! client and applies them live through `throttle` (bandwidth buckets, resizable transfer
+//! client and applies them live through `gridback_proto::throttle` (bandwidth buckets, resizable transfer
 //! and worker limits); `latency` ranks nodes for hedged reads.
 
 pub mod backup;
@@ -33,6 +33,5 @@ pub mod reader;
 pub mod restore;
 pub mod terms;
 pub mod testing;
-pub mod throttle;
 pub mod tree;
 pub mod uploader;

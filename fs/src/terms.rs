@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::coord_client::CoordClient;
-use crate::throttle::{ResizableLimit, TokenBucket};
+use gridback_proto::throttle::{ResizableLimit, TokenBucket};
 
 /// How often long-running clients ask for their terms: a limit changed by an operator is in
 /// force within about this long, at the cost of one tiny request per client.

@@ -47,7 +47,7 @@ use crate::coord_client::CoordClient;
 use crate::crypto::ChunkCrypto;
 use crate::grid::{GridError, StoredData};
 use crate::node_client::NodeClient;
-use crate::throttle::ResizableLimit;
+use gridback_proto::throttle::ResizableLimit;
 
 use batch::{BatchOutcome, chunk_stream};
 use pool::BufferPool;

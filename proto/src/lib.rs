@@ -16,6 +16,8 @@ pub mod node_api;
 pub mod order;
 pub mod schedule_api;
 pub mod subscription;
+#[cfg(feature = "transport")]
+pub mod throttle;
 pub mod tls;
 #[cfg(feature = "transport")]
 pub mod transport;

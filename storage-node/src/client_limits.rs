@@ -18,7 +18,7 @@ use gridback_proto::subscription::Limits;
 use gridback_proto::{CertFingerprint, ErrorCode, WireError};
 use tracing::info;
 
-use crate::throttle::{LimitPermit, ResizableLimit, TokenBucket};
+use gridback_proto::throttle::{LimitPermit, ResizableLimit, TokenBucket};
 
 /// One client's gate.
 #[derive(Debug, Default)]

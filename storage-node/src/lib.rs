@@ -7,7 +7,7 @@
 //! against the packet's checksum before it is served.
 //!
 //! Reading order: [`config`] (what an operator sets), [`store`] (packets on disk), [`service`]
-//! (order checks and dispatch), [`client_limits`] and [`throttle`] (per-client
+//! (order checks and dispatch), [`client_limits`] and `gridback_proto::throttle` (per-client
 //! bandwidth, transfers and write permission, set by the coordinator), [`join`] (identity), [`heartbeat`] (liveness towards the
 //! coordinator), [`server`] (wiring it together: `Server::bind` then `Server::run`).
 #![warn(missing_docs)]
@@ -20,7 +20,6 @@ pub mod join;
 pub mod server;
 pub mod service;
 pub mod store;
-pub mod throttle;
 
 pub use client_limits::ClientGates;
 pub use config::NodeConfig;

@@ -2,9 +2,8 @@
 //! limit (transfers, CPU workers). Both can change their setting at any time, and waiters pick
 //! the change up at once; `None` means unlimited.
 //!
-//! Identical copies live in `fs/src/throttle.rs` (the client) and
-//! `storage-node/src/throttle.rs` (per-client limits at the node); the code belongs in
-//! `proto::transport`, and moves there when that crate can take it. Until then, change both.
+//! Shared by the client (its own limits) and the storage node (per-client limits); behind the
+//! `transport` feature because it needs tokio.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
