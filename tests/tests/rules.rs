@@ -206,6 +206,34 @@ fn placement_rules_hold_in_the_records() {
     }
     ok(&grid, &["placement", "set", "--clear"]);
 
+    // A per-subscription bound: this client (now in us/us-1) keeps its data within its own
+    // region (backup max 2), with no cluster-wide rule.
+    ok(
+        &grid,
+        &["subscription", "set", &client, "--backup-max", "2"],
+    );
+    let near = mnt.join("snapshots/near");
+    std::fs::create_dir(&near).unwrap();
+    let p = near.join("f");
+    written.push((p.clone(), write_synced(&p, 3 << 20, 500).unwrap()));
+    for c in chunks_of(&grid, &client, "near") {
+        for l in target_locations(&c) {
+            assert!(
+                l.starts_with("us/"),
+                "a packet outside the client's region: {c}"
+            );
+        }
+    }
+    let detail = grid.admin_json(&["client", &client]);
+    assert_eq!(
+        detail["effective_proximity"]["backup"]["max"], "2",
+        "{detail}"
+    );
+    ok(
+        &grid,
+        &["subscription", "set", &client, "--backup-max", "none"],
+    );
+
     // Target allocation: an operator shrinks a node; the node and the records follow.
     let node = status["nodes"][0]["id"].as_str().unwrap().to_string();
     ok(&grid, &["node", "set", &node, "--capacity", "1GiB"]);
@@ -250,7 +278,7 @@ fn placement_rules_hold_in_the_records() {
 }
 
 /// F15/F16/F17 as a program sees them: EDQUOT past the quota with earlier files intact,
-/// EACCES while suspended (reads keep working), and a 5 MB/s upload limit.
+/// EACCES while suspended or expired (reads keep working), and a 5 MB/s upload limit.
 #[test]
 fn quota_suspension_and_bandwidth() {
     if !fuse_available_or_required() {
@@ -346,6 +374,18 @@ fn quota_suspension_and_bandwidth() {
     );
     ok(&grid, &["subscription", "resume", &client]);
     write_synced(&snap.join("d"), 1 << 20, 4).expect("writes work again after resume");
+
+    // Expiry: a contract that ended refuses writes the same way, until it is extended.
+    ok(
+        &grid,
+        &["subscription", "set", &client, "--expires", "2020-01-01"],
+    );
+    assert_eq!(grid.status()["subscription"]["state"], "expired");
+    let err = write_synced(&snap.join("e"), 1 << 20, 7).expect_err("expired");
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+    ok(&grid, &["subscription", "set", &client, "--expires", "30d"]);
+    assert_eq!(grid.status()["subscription"]["state"], "active");
+    write_synced(&snap.join("e"), 1 << 20, 7).expect("writes work again once extended");
 
     // Bandwidth: 5 MB/s up makes 50 MB take about 10 s (generous bounds, not a timing test).
     ok(
