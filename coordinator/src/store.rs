@@ -11,6 +11,7 @@
 
 mod chunks;
 mod clients;
+mod group;
 mod log;
 mod nodes;
 mod places;

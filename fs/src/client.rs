@@ -157,7 +157,7 @@ impl GridClient {
         let cpu = terms.limits().threads.clone();
         let uploader =
             Uploader::with_cpu_limit(coord.clone(), nodes.clone(), crypto.clone(), params, cpu);
-        let reader = Reader::new(coord.clone(), nodes, crypto);
+        let reader = Reader::new(coord.clone(), nodes, crypto).with_terms(terms.clone());
         Self {
             inner: Arc::new(Inner {
                 coord,

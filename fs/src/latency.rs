@@ -1,12 +1,14 @@
 //! `NodeLatency`: a per-node estimate of how long a packet get takes (an exponentially
 //! weighted moving average of successful gets), used by the read path to ask the fastest
-//! holders first and to decide when to hedge a slow request.
+//! holders first and to decide when to hedge a slow request; and [`Nearness`], how the read
+//! path ranks holders it has not measured yet (nearest to the client first).
 
+use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use gridback_proto::NodeId;
+use gridback_proto::{Location, NodeId};
 
 /// Weight of a new sample in the moving average: recent enough to follow a node that slows
 /// down within a few requests, smooth enough that one outlier does not reorder holders.
@@ -68,9 +70,91 @@ impl NodeLatency {
     }
 }
 
+/// How far a holder is from this client, by the one definition of distance
+/// (`proto::location`): the label level first (same host 0, same zone 1, same region 2,
+/// other region 3), then kilometres when both ends have coordinates (a holder without them
+/// sorts after those with them at the same level). Smaller is nearer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Nearness {
+    level: u8,
+    km: Option<f64>,
+}
+
+impl Nearness {
+    /// The nearness of a holder at `holder` to a client at `client`.
+    pub fn between(client: &Location, holder: &Location) -> Self {
+        Self {
+            level: client.level(holder),
+            km: client.km(holder),
+        }
+    }
+}
+
+impl Eq for Nearness {}
+
+impl PartialOrd for Nearness {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Nearness {
+    fn cmp(&self, other: &Self) -> Ordering {
+        let km = |n: &Self| n.km.unwrap_or(f64::INFINITY);
+        self.level
+            .cmp(&other.level)
+            .then_with(|| km(self).total_cmp(&km(other)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gridback_proto::Coords;
+
+    #[test]
+    fn nearness_ranks_by_level_then_kilometres() {
+        let at = |labels: &str, coords: Option<&str>| Location::parse(labels, coords).unwrap();
+        let me = at("eu/par/laptop", Some("48.85,2.35"));
+        let near = |l: &Location| Nearness::between(&me, l);
+        let same_host = at("eu/par/laptop", None);
+        let same_zone = at("eu/par/rack1", None);
+        let lyon = at("eu/lyon/n1", Some("45.76,4.84"));
+        let berlin = at("eu/ber/n1", Some("52.52,13.40"));
+        let region_no_coords = at("eu/mad/n1", None);
+        let us = at("us/nyc/n1", Some("40.71,-74.00"));
+        let mut v = [
+            &us,
+            &region_no_coords,
+            &berlin,
+            &same_zone,
+            &lyon,
+            &same_host,
+        ];
+        v.sort_by_key(|l| near(l));
+        assert_eq!(
+            v,
+            [
+                &same_host,
+                &same_zone,
+                &lyon,
+                &berlin,
+                &region_no_coords,
+                &us
+            ]
+        );
+        assert_eq!(near(&lyon), near(&lyon));
+        assert!(near(&lyon) < near(&berlin));
+        // Labels decide before kilometres: another region is farther even when closer.
+        let over_the_border = Location {
+            coords: Some(Coords {
+                lat: 48.86,
+                lon: 2.36,
+            }),
+            ..at("ch/gva/n1", None)
+        };
+        assert!(near(&over_the_border) > near(&region_no_coords));
+    }
 
     #[test]
     fn estimates_follow_samples_and_bound_the_hedge_delay() {

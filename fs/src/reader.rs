@@ -1,8 +1,11 @@
 //! The read path: locate (batched, cached briefly) → fetch any k packets → decode → un-pad →
 //! decrypt → decompress → verify the chunk id.
 //!
-//! **Hedged fetches.** A chunk's holders are ranked by `order_holders` (up nodes first, then
-//! by the per-node latency estimate of [`NodeLatency`], unmeasured nodes in random order).
+//! **Hedged fetches.** A chunk's holders are ranked by `order_holders`: up nodes first; then
+//! nodes never measured, nearest to this client first ([`Nearness`] from the holder
+//! locations in the `LocateChunks` answer and the client's own location in its terms; ties,
+//! or no known client location, in random order); then measured nodes by the per-node
+//! latency estimate of [`NodeLatency`], fastest first.
 //! The best k are asked at once. While fewer than k packets have arrived, every hedge delay
 //! (the largest `max(2 × estimate, 30 ms)`, capped at 1 s, among the requests in flight; 200 ms
 //! for a node never measured) one more holder is asked. A failed request (node down, refused,
@@ -20,7 +23,7 @@ use std::collections::HashMap;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use gridback_proto::coord_api::{ChunkLocation, LocatedPacket};
-use gridback_proto::{ChunkId, NodeId, now_unix_ms};
+use gridback_proto::{ChunkId, Location, NodeId, now_unix_ms};
 use lru::LruCache;
 use tracing::{Instrument, debug, debug_span, warn};
 
@@ -28,9 +31,10 @@ use crate::coord_client::{CoordClient, grid_error};
 use crate::crypto::ChunkCrypto;
 use crate::erasure::{self, ErasureParams};
 use crate::grid::{ChunkRef, GridError};
-use crate::latency::{MIN_HEDGE_DELAY, NodeLatency};
+use crate::latency::{MIN_HEDGE_DELAY, Nearness, NodeLatency};
 use crate::node_client::{NodeClient, TransferError};
 use crate::packet;
+use crate::terms::Terms;
 
 /// Locations remembered (a few hundred bytes each): enough for readahead over many files.
 const LOCATION_CACHE_ENTRIES: usize = 4096;
@@ -56,6 +60,9 @@ pub struct Reader {
     crypto: Arc<ChunkCrypto>,
     cache: Mutex<LruCache<ChunkId, Cached>>,
     fetch_concurrency: usize,
+    /// The client's terms, for its own location (read at each fetch, so an operator's
+    /// `admin client set --location` applies without a restart).
+    terms: Option<Arc<Terms>>,
 }
 
 impl std::fmt::Debug for Reader {
@@ -83,7 +90,23 @@ impl Reader {
             crypto,
             cache: Mutex::new(LruCache::new(n)),
             fetch_concurrency: DEFAULT_FETCH_CONCURRENCY,
+            terms: None,
         }
+    }
+
+    /// Rank holders never measured by distance from the location in `terms` (without it
+    /// they are asked in random order).
+    pub fn with_terms(mut self, terms: Arc<Terms>) -> Self {
+        self.terms = Some(terms);
+        self
+    }
+
+    /// This client's location, when known.
+    fn origin(&self) -> Option<Location> {
+        self.terms
+            .as_ref()
+            .and_then(|t| t.current())
+            .map(|t| t.location)
     }
 
     /// Fetch, decode and verify one chunk.
@@ -202,7 +225,8 @@ impl Reader {
             .map_err(|e| unavailable(id, e.to_string()))?;
         let k = usize::from(loc.k);
         let latency = self.nodes.latency().clone();
-        let mut next = order_holders(loc, &latency).into_iter();
+        let origin = self.origin();
+        let mut next = order_holders(loc, &latency, origin.as_ref()).into_iter();
         let mut inflight = FuturesUnordered::new();
         // Requests in flight: node and start, by launch number.
         let mut pending: HashMap<usize, (NodeId, Instant)> = HashMap::new();
@@ -351,23 +375,36 @@ impl Reader {
 }
 
 /// A chunk's holders in the order to ask them: nodes the coordinator considers up first;
-/// among those, nodes never measured (in random order, so a new client spreads its first
-/// requests and learns every node) and then by latency estimate, fastest first.
-/// `LocateChunks` carries no node locations, so distance cannot rank unmeasured nodes.
-fn order_holders<'a>(loc: &'a ChunkLocation, latency: &NodeLatency) -> Vec<&'a LocatedPacket> {
-    let mut v: Vec<(&LocatedPacket, Option<Duration>)> = loc
+/// among those, nodes never measured, nearest to `origin` (this client) first, so a new
+/// client starts from its neighbours and still learns every node (ties, or no `origin`, in
+/// random order, which spreads the first requests); then by latency estimate, fastest
+/// first: once a node is measured, its latency ranks it whatever its distance.
+fn order_holders<'a>(
+    loc: &'a ChunkLocation,
+    latency: &NodeLatency,
+    origin: Option<&Location>,
+) -> Vec<&'a LocatedPacket> {
+    let mut v: Vec<(&LocatedPacket, Option<Duration>, Option<Nearness>)> = loc
         .packets
         .iter()
-        .map(|p| (p, latency.estimate(p.node)))
+        .map(|p| {
+            let near = origin.map(|o| Nearness::between(o, &p.location));
+            (p, latency.estimate(p.node), near)
+        })
         .collect();
     shuffle(&mut v);
-    v.sort_by(|(a, ea), (b, eb)| {
+    // Stable: equal keys keep their shuffled order.
+    v.sort_by(|(a, ea, na), (b, eb, nb)| {
         (!a.node_up)
             .cmp(&!b.node_up)
             .then(ea.is_some().cmp(&eb.is_some()))
             .then(ea.cmp(eb))
+            .then_with(|| match (ea, na, nb) {
+                (None, Some(na), Some(nb)) => na.cmp(nb),
+                _ => std::cmp::Ordering::Equal,
+            })
     });
-    v.into_iter().map(|(p, _)| p).collect()
+    v.into_iter().map(|(p, _, _)| p).collect()
 }
 
 /// Fisher–Yates with a xorshift generator seeded from the OS: only spreads load, so it need
@@ -440,21 +477,25 @@ fn valid_until(loc: &ChunkLocation) -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
 
     fn pk(i: u8) -> (u8, Arc<Vec<u8>>) {
         (i, Arc::new(vec![i]))
     }
 
-    #[test]
-    fn holders_are_ordered_up_first_then_unmeasured_then_fastest() {
+    fn node(i: u8) -> NodeId {
+        NodeId([i; 16])
+    }
+
+    /// A chunk whose packet `i` is on `node(i)` at `places[i]` (labels), up unless `i == down`.
+    fn located(places: &[&str], down: u8) -> ChunkLocation {
         use gridback_proto::{CertFingerprint, Order, OrderOp, OrderSigner, PacketName};
         let (signer, _) = OrderSigner::generate();
-        let node = |i: u8| NodeId([i; 16]);
-        let located = |i: u8, up: bool| LocatedPacket {
+        let packet = |i: u8, place: &str| LocatedPacket {
             index: i,
             node: node(i),
             addr: String::new(),
-            node_up: up,
+            node_up: i != down,
             checksum: [0; 32],
             order: signer.sign(Order {
                 op: OrderOp::Get,
@@ -464,23 +505,30 @@ mod tests {
                 client: CertFingerprint([0; 32]),
                 expires_unix_ms: 0,
             }),
+            location: place.parse().unwrap(),
         };
-        let loc = ChunkLocation {
+        ChunkLocation {
             id: ChunkId([0; 32]),
             k: 4,
             m: 2,
             shard_bytes: 1,
-            packets: (0..6).map(|i| located(i, i != 5)).collect(),
-        };
+            packets: (0..).zip(places).map(|(i, p)| packet(i, p)).collect(),
+        }
+    }
+
+    fn indices(v: &[&LocatedPacket]) -> Vec<u8> {
+        v.iter().map(|p| p.index).collect()
+    }
+
+    #[test]
+    fn holders_are_ordered_up_first_then_unmeasured_then_fastest() {
+        let loc = located(&["a/b/c"; 6], 5);
         let latency = NodeLatency::default();
         latency.record(node(0), Duration::from_millis(50));
         latency.record(node(1), Duration::from_millis(5));
         latency.record(node(2), Duration::from_millis(20));
         latency.record(node(5), Duration::from_millis(1));
-        let order: Vec<u8> = order_holders(&loc, &latency)
-            .iter()
-            .map(|p| p.index)
-            .collect();
+        let order = indices(&order_holders(&loc, &latency, None));
         // 3 and 4 unmeasured (either order), then 1, 2, 0 by estimate; the down node last.
         assert_eq!(&order[2..], &[1, 2, 0, 5], "{order:?}");
         let mut unmeasured = order[..2].to_vec();
@@ -488,11 +536,46 @@ mod tests {
         assert_eq!(unmeasured, vec![3, 4]);
         // A stalled node's cancelled request pushes it behind the others.
         latency.record_straggler(node(1), Duration::from_millis(400));
-        let order: Vec<u8> = order_holders(&loc, &latency)
-            .iter()
-            .map(|p| p.index)
-            .collect();
+        let order = indices(&order_holders(&loc, &latency, None));
         assert_eq!(&order[2..], &[2, 0, 1, 5], "{order:?}");
+    }
+
+    #[test]
+    fn unmeasured_holders_are_asked_nearest_first_and_measured_ones_by_latency() {
+        let me: Location = "eu/par/laptop".parse().unwrap();
+        let loc = located(
+            &[
+                "us/nyc/n0",     // 0: other region
+                "eu/par/n1",     // 1: same zone
+                "eu/ber/n2",     // 2: same region
+                "eu/par/n3",     // 3: same zone, measured slow
+                "eu/ber/n4",     // 4: same region, measured fast
+                "eu/par/laptop", // 5: same host, but down
+            ],
+            5,
+        );
+        let latency = NodeLatency::default();
+        latency.record(node(3), Duration::from_millis(80));
+        latency.record(node(4), Duration::from_millis(10));
+        // The shuffle must not matter: every run gives the one order.
+        for _ in 0..32 {
+            let order = indices(&order_holders(&loc, &latency, Some(&me)));
+            assert_eq!(order, [1, 2, 0, 4, 3, 5]);
+        }
+        // Once measured, latency ranks a far node ahead of a near slow one.
+        latency.record(node(0), Duration::from_millis(20));
+        let order = indices(&order_holders(&loc, &latency, Some(&me)));
+        assert_eq!(order, [1, 2, 4, 0, 3, 5]);
+        // Ties in distance stay random: both same-zone nodes come first, in either order.
+        let twins = located(&["eu/par/a", "us/nyc/b", "eu/par/c"], 9);
+        let seen: HashSet<Vec<u8>> = (0..64)
+            .map(|_| indices(&order_holders(&twins, &NodeLatency::default(), Some(&me))))
+            .collect();
+        assert_eq!(
+            seen,
+            HashSet::from([vec![0, 2, 1], vec![2, 0, 1]]),
+            "{seen:?}"
+        );
     }
 
     #[test]

@@ -371,6 +371,9 @@ pub struct LocatedPacket {
     pub checksum: [u8; 32],
     /// Get order.
     pub order: SignedOrder,
+    /// The node's effective location (operator override or registered), so a reader can ask
+    /// the nearest holders first before it has measured them.
+    pub location: Location,
 }
 
 /// Where one chunk lives.

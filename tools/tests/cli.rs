@@ -121,3 +121,79 @@ fn a_node_config_with_unknown_settings_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("capacty"), "{err}");
 }
+
+/// Admin commands refuse bad input before they talk to anyone, and say which flag is wrong.
+#[test]
+fn admin_input_errors_name_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = gridback()
+        .args(["admin", "clients"])
+        .env_remove("GRIDBACK_ADMIN_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("admin.toml") && err.contains("--config"),
+        "{err}"
+    );
+
+    // A config pointing at a coordinator that is not there: the certificate is looked for
+    // first, and the message says where it comes from.
+    let cfg = dir.path().join("admin.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "coordinator_addr = \"127.0.0.1:9\"\ntls_dir = \"{}\"\n",
+            dir.path().join("nowhere").display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = gridback()
+            .arg("admin")
+            .args(args)
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run(&["clients"]);
+    assert!(
+        err.contains("admin.crt") && err.contains("COORDINATOR_DATA/admin"),
+        "{err}"
+    );
+
+    // Flags are checked locally: the message names the flag and the accepted forms.
+    std::fs::write(&cfg, "coordinator_addr = \"x\"\nbogus = 1\n").unwrap();
+    let err = run(&["clients"]);
+    assert!(err.contains("bogus"), "unknown key not named: {err}");
+}
+
+#[test]
+fn topology_file_errors_name_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let topo = dir.path().join("topology");
+    std::fs::write(&topo, "node eu/eu-1/a\nnode eu-only\n").unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let out = gridback()
+        .args(["local", "up", "--topology"])
+        .arg(&topo)
+        .arg("--data")
+        .arg(dir.path().join("data"))
+        .arg("--mount")
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 2") && err.contains("REGION/ZONE/HOST"),
+        "{err}"
+    );
+    // Nothing was started: no coordinator state was created.
+    assert!(!dir.path().join("data/coordinator").exists());
+}

@@ -1,5 +1,7 @@
 //! The batched chunk protocol: dedup query, allocation (sequence + put orders), replacement
-//! targets, commit, and locate (get orders).
+//! targets, commit, and locate (get orders). Quota accounting is in [`quota`].
+
+mod quota;
 
 use std::collections::{HashMap, HashSet};
 
@@ -24,7 +26,8 @@ use crate::membership::node_state;
 use crate::pending::{PendingChunk, Slot};
 use crate::placement::{PlacementNode, Topology};
 use crate::sequence::packet_name;
-use crate::store::{CommitBatch, NodeRecord, PlaceRecord, quota_message};
+use crate::store::{CommitBatch, NodeRecord, PlaceRecord};
+use quota::QuotaGate;
 
 /// Largest packet the coordinator hands out: a node must receive it in one frame together
 /// with its order, so leave 64 KiB of the frame limit for the rest of the message.
@@ -86,40 +89,6 @@ impl Inner {
         })
     }
 
-    /// Refuse an allocation whose new chunks would push the client's charged bytes past its
-    /// quota (the rule on `proto::subscription::Usage`: `k × packet bytes` once per chunk).
-    fn check_quota(
-        &self,
-        client: ClientId,
-        sub: &Subscription,
-        a: &AllocateChunks,
-        k: u8,
-    ) -> Reply<()> {
-        let Some(quota) = sub.limits.quota_bytes else {
-            return Ok(());
-        };
-        let ids: Vec<ChunkId> = a.chunks.iter().map(|c| c.id).collect();
-        let referenced = self
-            .store
-            .chunk_refs_of_client(&client, &ids)
-            .map_err(store_err)?;
-        let mut seen = HashSet::new();
-        let needed: u64 = a
-            .chunks
-            .iter()
-            .zip(referenced)
-            .filter(|(c, r)| !r && seen.insert(c.id))
-            .map(|(c, _)| u64::from(k).saturating_mul(shard_bytes(c.blob_bytes, k)))
-            .fold(0u64, u64::saturating_add);
-        let used = self.store.usage(&client).map_err(store_err)?.charged_bytes;
-        if needed > 0 && used.saturating_add(needed) > quota {
-            let msg = quota_message(&client, used, quota, needed);
-            warn!(client = %client, "write refused: {msg}");
-            return Err(WireError::new(ErrorCode::QuotaExceeded, msg));
-        }
-        Ok(())
-    }
-
     fn put_target(
         &self,
         fp: CertFingerprint,
@@ -171,7 +140,11 @@ impl Inner {
                 ))
             })?;
         let n = usize::from(k) + usize::from(m);
-        self.check_quota(client, sub, &a, k)?;
+        // Held until the batch is recorded in `pending`.
+        let gate = QuotaGate::of(self, client, sub);
+        let _held = gate.hold();
+        let charges = self.charges(client, &a, k)?;
+        self.check_quota(client, sub, &charges, now)?;
         let rules = self.rules_for(sub)?;
         let src = grid.topo.source(&self.client_location(&client)?);
         let mut out = Vec::with_capacity(a.chunks.len());
@@ -226,6 +199,7 @@ impl Inner {
                     shard_bytes: shard,
                     slots,
                     expires_unix_ms,
+                    charged_bytes: charges.get(&c.id).copied().unwrap_or(0),
                 },
             ));
         }
@@ -360,20 +334,27 @@ impl Inner {
     ) -> Reply<Committed> {
         check_batch("commit_chunks", c.chunks.len() + c.refs.len())?;
         super::snapshots::validate_name(&c.snapshot)?;
+        // Held from the check of the allocations until they are released.
+        let gate = QuotaGate::of(self, client, sub);
+        let _held = gate.hold();
         let now = now_unix_ms();
         self.verify_placements(client, &c, now)?;
         let ids: Vec<ChunkId> = c.chunks.iter().map(|x| x.id).collect();
+        let quota = self.commit_quota(client, sub, now);
         let batch = CommitBatch {
             snapshot: c.snapshot,
             chunks: c.chunks,
             refs: c.refs,
             now_unix_ms: now,
-            quota_bytes: sub.limits.quota_bytes,
+            quota_bytes: quota.map(|q| q.for_store()),
         };
         let out = self
             .store
             .commit_chunks(&client, &batch)
-            .map_err(store_err)?;
+            .map_err(|e| match quota {
+                Some(q) => q.refusal(&client, e),
+                None => store_err(e),
+            })?;
         self.pending.remove(client, ids);
         tracing::debug!(
             stored = out.stored,
@@ -402,6 +383,16 @@ impl Inner {
             .map_err(store_err)?;
         let nodes: HashMap<NodeId, NodeRecord> =
             self.store.nodes().map_err(store_err)?.into_iter().collect();
+        let places: HashMap<NodeId, PlaceRecord> = self
+            .store
+            .node_places()
+            .map_err(store_err)?
+            .into_iter()
+            .collect();
+        let location = |id: &NodeId| match places.get(id) {
+            Some(p) => p.effective(&id.to_string()),
+            None => PlaceRecord::default().effective(&id.to_string()),
+        };
         let expires = self.order_expiry(now);
         let get_order = |node: NodeId, packet: PacketName, size: u64| {
             self.secrets.signer.sign(Order {
@@ -437,6 +428,7 @@ impl Inner {
                                 }),
                                 checksum: p.checksum,
                                 order: get_order(p.node, p.packet, rec.shard_bytes),
+                                location: location(&p.node),
                             }
                         })
                         .collect(),

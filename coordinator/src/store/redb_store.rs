@@ -9,6 +9,7 @@ use gridback_proto::subscription::Usage;
 use gridback_proto::{CertFingerprint, ChunkId, ClientId, NodeId, PacketName};
 use redb::{Database, ReadTransaction, TableDefinition, WriteTransaction};
 
+use super::group::GroupCommit;
 use super::{
     CertRecord, ChunkRecord, ClientRecord, CommitBatch, CommitOutcome, GridStats, MetaStore,
     NewLogEntry, NewMember, NodeRecord, PlaceRecord, ScheduleRecord, SnapshotRow, StoreError,
@@ -67,6 +68,7 @@ pub(super) const COUNTER_STORED_BYTES: &str = "stored_bytes";
 pub struct RedbStore {
     db: Database,
     path: PathBuf,
+    group: GroupCommit,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -108,6 +110,7 @@ impl RedbStore {
         Ok(Self {
             db,
             path: path.to_path_buf(),
+            group: GroupCommit::default(),
         })
     }
 
@@ -121,28 +124,14 @@ impl RedbStore {
         Ok(self.db.begin_read()?)
     }
 
-    /// Run `f` in one durable write transaction; an error aborts everything it did.
+    /// Run `f` in a write transaction (durable when `durable`), shared with concurrent
+    /// writers ([`GroupCommit`]); an error of `f` aborts everything it did, and only that.
     fn write<T>(
         &self,
         durable: bool,
-        f: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
+        f: impl Fn(&WriteTransaction) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut tx = self.db.begin_write()?;
-        if !durable {
-            tx.set_durability(redb::Durability::None)?;
-        }
-        match f(&tx) {
-            Ok(v) => {
-                tx.commit()?;
-                Ok(v)
-            }
-            Err(e) => {
-                // Dropping an uncommitted transaction also aborts it; abort explicitly so
-                // that an abort failure is not silently hidden behind `e`.
-                let _ = tx.abort();
-                Err(e)
-            }
-        }
+        self.group.write(&self.db, durable, f)
     }
 }
 

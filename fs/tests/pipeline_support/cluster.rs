@@ -347,6 +347,11 @@ impl Service for Coordinator {
                                         c.shard_bytes,
                                         &peer,
                                     ),
+                                    location: Location::new(
+                                        "default",
+                                        "default",
+                                        &p.node.to_string(),
+                                    ),
                                 })
                                 .collect(),
                         })
