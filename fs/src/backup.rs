@@ -3,8 +3,12 @@
 //! snapshot's tree and seal it exactly as the mount does. It never touches the mount's local
 //! database, so it runs while a mount is up.
 //!
-//! - The walk runs on one blocking thread and hands files to at most
-//!   [`BackupOptions::file_concurrency`] concurrent uploads as it finds them.
+//! - The walk runs on one blocking thread and hands files to concurrent uploads as it finds
+//!   them: at most [`BackupOptions::file_concurrency`] files larger than
+//!   [`SMALL_FILE_BYTES`], and up to `file_concurrency + small_file_concurrency` files in
+//!   all. A small file costs little memory but several coordinator and node round
+//!   trips, so many of them in flight hide that latency (and let the coordinator commit
+//!   their chunks together, one fsync for many files).
 //! - `--from OLD` reuses the chunk list of every file whose relative path, size, mtime (ns)
 //!   and inode number are those recorded in OLD's tree (V2 trees record the source inode).
 //!   The new snapshot is opened as a reference clone of OLD at the coordinator, so the reused
@@ -24,7 +28,7 @@ use futures::{StreamExt, TryStreamExt};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use gridback_proto::coord_api::{SnapshotState, TreeChunk};
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tracing::{info, warn};
 
 use crate::grid::{Grid, GridError, StoredData};
@@ -36,6 +40,16 @@ use walk::{FileJob, WalkParams};
 /// pipeline; a few files at once keep the pipeline busy across many small files without
 /// multiplying the memory each upload may hold.
 pub const DEFAULT_FILE_CONCURRENCY: usize = 4;
+
+/// Small files stored at once by default, on top of [`DEFAULT_FILE_CONCURRENCY`] larger
+/// ones. Each holds at most [`SMALL_FILE_BYTES`] of plaintext (plus its sealed packets), so
+/// 32 of them cost a few tens of MiB at worst; more gives nothing measurable on a small
+/// grid and only deepens the queues.
+pub const DEFAULT_SMALL_FILE_CONCURRENCY: usize = 32;
+
+/// A file of at most this many bytes (at walk time) is small: one chunk or a few with the
+/// default chunk sizes.
+pub const SMALL_FILE_BYTES: u64 = 1024 * 1024;
 
 /// Files the walk may run ahead of the uploads (a bound on memory, not on speed).
 const WALK_QUEUE: usize = 256;
@@ -50,8 +64,10 @@ pub struct BackupOptions {
     /// Globs of paths to leave out, matched against the path relative to PATH (`a/b.txt`)
     /// and against the entry's name; `*` also matches `/`.
     pub exclude: Vec<String>,
-    /// Files stored at once.
+    /// Files larger than [`SMALL_FILE_BYTES`] stored at once.
     pub file_concurrency: usize,
+    /// Small files stored at once, besides the larger ones.
+    pub small_file_concurrency: usize,
 }
 
 impl BackupOptions {
@@ -62,6 +78,7 @@ impl BackupOptions {
             from: None,
             exclude: Vec::new(),
             file_concurrency: DEFAULT_FILE_CONCURRENCY,
+            small_file_concurrency: DEFAULT_SMALL_FILE_CONCURRENCY,
         }
     }
 }
@@ -228,9 +245,11 @@ pub async fn backup(
     });
     let jobs =
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|j| (j, rx)) });
+    // Large files wait for one of these before they are opened; small files do not.
+    let large = Semaphore::new(opts.file_concurrency.max(1));
     let uploads = jobs
-        .map(|job| store_file(grid, &name, job, progress.clone()))
-        .buffer_unordered(opts.file_concurrency.max(1))
+        .map(|job| store_file(grid, &name, job, &large, progress.clone()))
+        .buffer_unordered(opts.file_concurrency.max(1) + opts.small_file_concurrency)
         .try_collect::<Vec<_>>();
     let (walked, stored) = tokio::join!(walker, uploads);
     let stored = stored?;
@@ -303,8 +322,19 @@ async fn store_file(
     grid: &dyn Grid,
     snapshot: &str,
     job: FileJob,
+    large: &Semaphore,
     progress: Arc<dyn Progress>,
 ) -> Result<(usize, Option<StoredData>), BackupError> {
+    let _permit = if job.size > SMALL_FILE_BYTES {
+        Some(
+            large
+                .acquire()
+                .await
+                .map_err(|e| BackupError::Internal(e.to_string()))?,
+        )
+    } else {
+        None
+    };
     let file = match std::fs::File::open(&job.path) {
         Ok(f) => f,
         Err(e) => {
@@ -345,3 +375,6 @@ fn drop_files(nodes: Vec<crate::tree::TreeNode>, dropped: &[usize]) -> Vec<crate
     }
     out
 }
+
+#[cfg(test)]
+mod tests;

@@ -18,6 +18,7 @@
 //! - a commit that fails fails every member with the same (store) error.
 
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
 use redb::{Database, Durability, WriteTransaction};
@@ -58,6 +59,10 @@ struct State {
 pub(super) struct GroupCommit {
     state: Mutex<State>,
     changed: Condvar,
+    /// Transactions committed (for tests and traces).
+    commits: AtomicU64,
+    /// Methods applied in them.
+    applied: AtomicU64,
 }
 
 /// What applying one method gave.
@@ -66,7 +71,7 @@ enum Applied<T> {
     Member {
         value: T,
         end: Arc<OnceLock<BatchEnd>>,
-        commit: Option<OpenBatch>,
+        commit: Option<Box<OpenBatch>>,
     },
     /// The method failed (the batch was aborted).
     Failed(StoreError),
@@ -80,6 +85,15 @@ impl GroupCommit {
         // released, and a panicking method is caught: a poisoned lock still holds a valid
         // state.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// (transactions committed, methods applied in them) so far.
+    #[cfg(test)]
+    pub(super) fn stats(&self) -> (u64, u64) {
+        (
+            self.commits.load(Ordering::Relaxed),
+            self.applied.load(Ordering::Relaxed),
+        )
     }
 
     fn wait<'a>(&self, g: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
@@ -158,7 +172,7 @@ impl GroupCommit {
                 let end = batch.end.clone();
                 let commit = if g.arriving == 0 {
                     g.committing = true;
-                    Some(batch)
+                    Some(Box::new(batch))
                 } else {
                     g.open = Some(batch);
                     None
@@ -189,13 +203,14 @@ impl GroupCommit {
     }
 
     /// Commit a batch taken from the state (which is marked committing), outside the lock.
-    fn commit(&self, batch: OpenBatch) {
+    fn commit(&self, batch: Box<OpenBatch>) {
         let OpenBatch {
             mut tx,
             durable,
             end,
-            ..
-        } = batch;
+            members,
+        } = *batch;
+        tracing::trace!(members, durable, "group commit");
         let result = (|| {
             if !durable {
                 tx.set_durability(Durability::None)?;
@@ -204,7 +219,11 @@ impl GroupCommit {
             Ok::<(), StoreError>(())
         })();
         let outcome = match result {
-            Ok(()) => BatchEnd::Committed,
+            Ok(()) => {
+                self.commits.fetch_add(1, Ordering::Relaxed);
+                self.applied.fetch_add(members as u64, Ordering::Relaxed);
+                BatchEnd::Committed
+            }
             Err(e) => BatchEnd::Failed(e.to_string()),
         };
         let mut g = self.lock();
@@ -214,3 +233,6 @@ impl GroupCommit {
         self.changed.notify_all();
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -114,6 +114,12 @@ impl RedbStore {
         })
     }
 
+    /// (transactions committed, methods applied in them) since open.
+    #[cfg(test)]
+    pub(super) fn group_stats(&self) -> (u64, u64) {
+        self.group.stats()
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
