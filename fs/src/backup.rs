@@ -3,8 +3,8 @@
 //! snapshot's tree and seal it exactly as the mount does. It never touches the mount's local
 //! database, so it runs while a mount is up.
 //!
-//! - The walk runs on one blocking thread and hands files to concurrent uploads as it finds
-//!   them: at most [`BackupOptions::file_concurrency`] files larger than
+//! - The walk lists and stats [`BackupOptions::walk_threads`] directories at once (on
+//!   blocking threads) and hands files to concurrent uploads as it finds them: at most [`BackupOptions::file_concurrency`] files larger than
 //!   [`SMALL_FILE_BYTES`], and up to `file_concurrency + small_file_concurrency` files in
 //!   all. A small file costs little memory but several coordinator and node round
 //!   trips, so many of them in flight hide that latency (and let the coordinator commit
@@ -51,6 +51,12 @@ pub const DEFAULT_SMALL_FILE_CONCURRENCY: usize = 32;
 /// default chunk sizes.
 pub const SMALL_FILE_BYTES: u64 = 1024 * 1024;
 
+/// Directories the walk scans at once by default. Listing and stat'ing wait on the disk more
+/// than on the CPU (a cold tree on a spinning disk or a network filesystem waits for every
+/// inode), so a few more threads than cores keep several requests in flight; past that,
+/// contention on the directory locks gives nothing back.
+pub const DEFAULT_WALK_THREADS: usize = 4;
+
 /// Files the walk may run ahead of the uploads (a bound on memory, not on speed).
 const WALK_QUEUE: usize = 256;
 
@@ -68,6 +74,8 @@ pub struct BackupOptions {
     pub file_concurrency: usize,
     /// Small files stored at once, besides the larger ones.
     pub small_file_concurrency: usize,
+    /// Directories listed and stat'ed at once by the walk.
+    pub walk_threads: usize,
 }
 
 impl BackupOptions {
@@ -79,6 +87,7 @@ impl BackupOptions {
             exclude: Vec::new(),
             file_concurrency: DEFAULT_FILE_CONCURRENCY,
             small_file_concurrency: DEFAULT_SMALL_FILE_CONCURRENCY,
+            walk_threads: DEFAULT_WALK_THREADS,
         }
     }
 }
@@ -232,6 +241,7 @@ pub async fn backup(
     let (tx, rx) = mpsc::channel::<FileJob>(WALK_QUEUE);
     let root = path.to_path_buf();
     let walk_progress = progress.clone();
+    let walk_threads = opts.walk_threads;
     let walker = tokio::task::spawn_blocking(move || {
         walk::walk(
             &root,
@@ -240,6 +250,7 @@ pub async fn backup(
                 old: &old,
                 jobs: tx,
                 progress: walk_progress,
+                threads: walk_threads,
             },
         )
     });

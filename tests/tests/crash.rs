@@ -28,6 +28,9 @@ const DEADLINE: Duration = Duration::from_secs(180);
 enum Expect {
     /// Closed or fsynced before the kill: exactly these bytes.
     Exactly(blake3::Hash),
+    /// Fsynced, then written further, before the kill: present, as one of these versions
+    /// (the fsynced one, or a later complete one).
+    OneOf(Vec<blake3::Hash>),
     /// In flight at the kill: absent, or one of these complete versions.
     AbsentOr(Vec<blake3::Hash>),
 }
@@ -92,10 +95,10 @@ fn open_files_at_the_kill(snap: &Path, expect: &mut BTreeMap<PathBuf, Expect>) -
     f.sync_all().unwrap();
     f.write_all(&more).unwrap();
     let both = [first.as_slice(), more.as_slice()].concat();
-    // Fsynced: the fsynced version (or, had it been committed later, the whole).
+    // Fsynced: there, as the fsynced version (or, had it been committed later, the whole).
     expect.insert(
         "fsynced-open.bin".into(),
-        Expect::AbsentOr(vec![blake3::hash(&first), blake3::hash(&both)]),
+        Expect::OneOf(vec![blake3::hash(&first), blake3::hash(&both)]),
     );
     let data = random(&mut rng, 100_000);
     let mut g = File::create(snap.join("new-open.bin")).unwrap();
@@ -122,6 +125,18 @@ fn check_after_restart(snap: &Path, expect: &BTreeMap<PathBuf, Expect>) {
             }
             (Expect::Exactly(_), false) => {
                 panic!("{} was closed before the kill and is gone", rel.display())
+            }
+            (Expect::OneOf(hs), true) => {
+                let got = hash_file(&p);
+                assert!(
+                    hs.contains(&got),
+                    "{} was fsynced before the kill and is garbled ({} bytes)",
+                    rel.display(),
+                    std::fs::metadata(&p).unwrap().len()
+                );
+            }
+            (Expect::OneOf(_), false) => {
+                panic!("{} was fsynced before the kill and is gone", rel.display())
             }
             (Expect::AbsentOr(hs), true) => {
                 let got = hash_file(&p);
@@ -228,17 +243,26 @@ fn gridback_ok(grid: &LocalGridProcess, args: &[&str]) {
     );
 }
 
-/// `snapshot seal` refuses (clear message, non-zero exit) while a file is open for writing;
-/// `--force` seals, keeping the fsynced bytes; the sealed snapshot then restores intact.
+/// `snapshot seal` refuses (clear message naming the file, non-zero exit) while a file is
+/// open for writing; `--force` seals everything written so far, fsynced or not, and later
+/// writes through the open handle fail with EROFS; the sealed snapshot restores intact.
 fn seal_refuses_while_open_for_writing(grid: &LocalGridProcess, snap: &Path, work: &Path) {
-    let bytes = random(&mut Rng::new(0xc7a5_0003), 200_000);
-    let mut f = File::create(snap.join("writer.log")).unwrap();
-    f.write_all(&bytes).unwrap();
+    let mut rng = Rng::new(0xc7a5_0003);
+    let synced = random(&mut rng, 200_000);
+    let unsynced = random(&mut rng, 30_000);
+    let mut f = File::create(snap.join("docs/writer.log")).unwrap();
+    f.write_all(&synced).unwrap();
     f.sync_all().unwrap();
+    f.write_all(&unsynced).unwrap();
+    let bytes = [synced, unsynced].concat();
     let err = gridback_fails(grid, &["snapshot", "seal", "crash"]);
     assert!(
         err.contains("open for writing") && err.contains("--force"),
         "unclear refusal: {err}"
+    );
+    assert!(
+        err.contains("docs/writer.log"),
+        "the refusal does not name the open file: {err}"
     );
     let list = String::from_utf8_lossy(&grid.gridback(&["snapshot", "list"]).stdout).to_string();
     assert!(
@@ -247,9 +271,16 @@ fn seal_refuses_while_open_for_writing(grid: &LocalGridProcess, snap: &Path, wor
         "{list}"
     );
     gridback_ok(grid, &["snapshot", "seal", "crash", "--force"]);
-    let _ = f.write_all(b"after the seal");
+    // The refusal comes at the write, or (had the kernel buffered it) at the flush.
+    let refused = match f.write_all(b"after the seal") {
+        Err(e) => e,
+        Ok(()) => f
+            .sync_all()
+            .expect_err("a write after the seal was accepted"),
+    };
+    assert_eq!(refused.raw_os_error(), Some(libc::EROFS), "{refused}");
     drop(f);
-    let after = std::fs::read(snap.join("writer.log")).unwrap();
+    let after = std::fs::read(snap.join("docs/writer.log")).unwrap();
     assert!(
         after == bytes,
         "the sealed file changed: {} bytes instead of {} ({})",

@@ -188,8 +188,9 @@ pub enum SnapshotCmd {
     Seal {
         /// Name.
         name: String,
-        /// Seal even while files in it are open for writing (their last closed or fsynced
-        /// version is kept).
+        /// Seal even while files in it are open for writing: everything written to them so
+        /// far is stored and sealed, and later writes through those open handles fail with
+        /// EROFS.
         #[arg(long)]
         force: bool,
         #[command(flatten)]
@@ -221,6 +222,11 @@ pub struct BackupArgs {
     /// matches `/` too). Repeatable.
     #[arg(long, value_name = "GLOB")]
     pub exclude: Vec<String>,
+    /// Directories listed and stat'ed at once while walking PATH (more helps on network
+    /// filesystems and cold disks).
+    #[arg(long, value_name = "N", default_value_t = gridback_fs::backup::DEFAULT_WALK_THREADS as u16,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub walk_threads: u16,
     /// Print a one-line JSON summary on stdout.
     #[arg(long)]
     pub json: bool,

@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 
 use super::*;
 use crate::grid::ChunkRef;
+use crate::meta::Kind;
 use crate::progress::NoProgress;
 use crate::testing::MemGrid;
 use crate::tree::MasterKeyCipher;
@@ -154,4 +155,147 @@ async fn small_files_overlap_and_large_ones_stay_bounded() {
     assert_eq!(f.max_small, 11, "small files stored at once");
     // Had fewer than 11 small files overlapped, every gated store would wait the deadline.
     assert!(started.elapsed() < DEADLINE, "{:?}", started.elapsed());
+}
+
+/// A tree wide and deep enough that several directories are in the walk's queue at once.
+fn make_tree(root: &Path) {
+    for a in 0..6 {
+        for b in 0..5 {
+            let d = root.join(format!("d{a}/e{b}"));
+            std::fs::create_dir_all(&d).unwrap();
+            for f in 0..7 {
+                std::fs::write(d.join(format!("f{f}")), vec![a as u8; f * 10 + b]).unwrap();
+            }
+            std::os::unix::fs::symlink("f1", d.join("link")).unwrap();
+        }
+        std::fs::create_dir_all(root.join(format!("d{a}/deep/er/still/more"))).unwrap();
+        std::fs::write(root.join(format!("d{a}/deep/er/still/more/leaf")), b"x").unwrap();
+    }
+    std::fs::write(root.join("skip.tmp"), b"excluded").unwrap();
+}
+
+/// Walk `root` with `threads` workers; returns the walk and the files handed to uploads.
+fn walk_with(root: &Path, threads: usize) -> (walk::Walked, Vec<FileJob>) {
+    let (tx, mut rx) = mpsc::channel(4);
+    let drain = std::thread::spawn(move || {
+        let mut jobs = Vec::new();
+        while let Some(j) = rx.blocking_recv() {
+            jobs.push(j);
+        }
+        jobs
+    });
+    let excludes = globs(&["*.tmp".to_string()]).unwrap();
+    let old = Default::default();
+    let w = walk::walk(
+        root,
+        WalkParams {
+            excludes: &excludes,
+            old: &old,
+            jobs: tx,
+            progress: Arc::new(NoProgress),
+            threads,
+        },
+    )
+    .unwrap();
+    (w, drain.join().unwrap())
+}
+
+/// Every node by path, with its kind, size and link count; checks the tree's invariants.
+fn by_path(w: &walk::Walked) -> std::collections::BTreeMap<String, (Kind, u64, u32)> {
+    let mut paths: Vec<String> = Vec::new();
+    let mut out = std::collections::BTreeMap::new();
+    let mut last_child: Vec<Option<Vec<u8>>> = vec![None; w.nodes.len()];
+    for (i, n) in w.nodes.iter().enumerate() {
+        let path = if i == 0 {
+            String::new()
+        } else {
+            let parent = n.parent as usize;
+            assert!(parent < i, "node {i}'s parent {parent} comes after it");
+            assert_eq!(w.nodes[parent].inode.kind, Kind::Dir);
+            if let Some(prev) = &last_child[parent] {
+                assert!(prev < &n.name, "entries of a directory out of name order");
+            }
+            last_child[parent] = Some(n.name.clone());
+            format!("{}/{}", paths[parent], String::from_utf8_lossy(&n.name))
+        };
+        out.insert(path.clone(), (n.inode.kind, n.inode.size, n.inode.nlink));
+        paths.push(path);
+    }
+    out
+}
+
+#[test]
+fn parallel_walk_finds_the_same_tree_as_a_serial_one() {
+    let dir = tempfile::tempdir().unwrap();
+    make_tree(dir.path());
+    let (serial, serial_jobs) = walk_with(dir.path(), 1);
+    let (parallel, parallel_jobs) = walk_with(dir.path(), 8);
+    let s = by_path(&serial);
+    assert_eq!(s, by_path(&parallel));
+    // 6 × (d, e×5, deep, er, still, more) + the root; 6 × (5 × 7 + 1) files.
+    assert_eq!((serial.dirs, parallel.dirs), (61, 61));
+    assert_eq!((serial.files, parallel.files), (216, 216));
+    assert_eq!((serial.symlinks, parallel.symlinks), (30, 30));
+    assert_eq!((serial.excluded, parallel.excluded), (1, 1));
+    assert_eq!(s["/d3/e2/f4"], (Kind::File, 42, 1));
+    assert_eq!(
+        s["/d3"].2,
+        2 + 6,
+        "a directory's nlink counts its subdirectories"
+    );
+    assert!(!s.contains_key("/skip.tmp"));
+    // Every file was handed to the uploads exactly once, under its own node.
+    for (w, jobs) in [(&serial, &serial_jobs), (&parallel, &parallel_jobs)] {
+        assert_eq!(jobs.len(), 216);
+        let mut seen: Vec<usize> = jobs.iter().map(|j| j.index).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), 216);
+        for j in jobs.iter() {
+            let n = &w.nodes[j.index];
+            assert_eq!(n.inode.kind, Kind::File);
+            assert!(j.path.ends_with(std::str::from_utf8(&n.name).unwrap()));
+            assert_eq!(j.size, n.inode.size);
+        }
+    }
+}
+
+#[test]
+fn an_unreadable_root_is_an_error_and_an_unreadable_subdirectory_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope");
+    let (tx, _rx) = mpsc::channel(1);
+    let excludes = globs(&[]).unwrap();
+    let old = Default::default();
+    let params = WalkParams {
+        excludes: &excludes,
+        old: &old,
+        jobs: tx,
+        progress: Arc::new(NoProgress),
+        threads: 4,
+    };
+    // (Root ignores permission bits, so a directory that vanished between being found and
+    // being listed stands for one that cannot be read.)
+    let (mut w, _) = walk_with(dir.path(), 1);
+    assert_eq!(w.warnings, 0);
+    let sub = walk::scan(
+        walk::DirTask::new(missing.clone(), b"nope".to_vec(), 3),
+        &excludes,
+    );
+    assert!(walk::merge(sub, &params, &mut w).unwrap().is_empty());
+    assert_eq!(w.warnings, 1, "an unreadable subdirectory is a warning");
+    let root = walk::scan(
+        walk::DirTask::new(missing.clone(), Vec::new(), 0),
+        &excludes,
+    );
+    let err = walk::merge(root, &params, &mut w).unwrap_err();
+    assert!(
+        matches!(err, BackupError::Source { ref path, .. } if path == &missing),
+        "{err}"
+    );
+    let err = walk::walk(&missing, params).unwrap_err();
+    assert!(
+        matches!(err, BackupError::Source { ref path, .. } if path == &missing),
+        "{err}"
+    );
 }

@@ -1,6 +1,7 @@
-//! The directory walk of a backup (blocking; runs on one blocking thread): builds the tree's
-//! nodes, decides which files are unchanged since the previous backup, and hands every other
-//! file to the uploads as soon as it is found.
+//! The directory walk of a backup (blocking): several threads list and stat directories at
+//! once, one thread builds the tree's nodes from what they found, decides which files are
+//! unchanged since the previous backup, and hands every other file to the uploads as soon as
+//! its directory is merged.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
@@ -189,10 +190,128 @@ pub(super) struct WalkParams<'a> {
     pub old: &'a HashMap<Vec<u8>, OldFile>,
     pub jobs: mpsc::Sender<FileJob>,
     pub progress: Arc<dyn Progress>,
+    /// Directories scanned at once (at least 1).
+    pub threads: usize,
 }
 
-/// Walk `root` (a directory). Children of a directory are visited in name order; every
-/// parent's index is smaller than its children's, as the tree format requires.
+/// One directory to scan: where it is, its path relative to the root, its node index.
+#[derive(Debug)]
+pub(super) struct DirTask {
+    path: PathBuf,
+    rel: Vec<u8>,
+    index: usize,
+}
+
+impl DirTask {
+    /// The directory at `path` (`rel` from the root), whose node is `index`.
+    #[cfg(test)]
+    pub(super) fn new(path: PathBuf, rel: Vec<u8>, index: usize) -> Self {
+        Self { path, rel, index }
+    }
+}
+
+/// One entry of a scanned directory, with everything the tree needs.
+struct Scanned {
+    name: Vec<u8>,
+    path: PathBuf,
+    rel: Vec<u8>,
+    inode: Inode,
+    source: SourceId,
+}
+
+/// What a worker found in one directory.
+pub(super) struct ScannedDir {
+    /// The directory's node index.
+    index: usize,
+    entries: Vec<Scanned>,
+    excluded: u64,
+    special: u64,
+    warnings: u64,
+    /// Reading the directory itself failed (an error for the root, a warning otherwise).
+    failed: Option<(PathBuf, std::io::Error)>,
+}
+
+/// Scan one directory: list it, leave out excluded names, and stat every entry (reading
+/// symlink targets and xattrs). This is the part of the walk that waits on the disk, so
+/// several directories are scanned at once.
+pub(super) fn scan(task: DirTask, excludes: &GlobSet) -> ScannedDir {
+    let mut out = ScannedDir {
+        index: task.index,
+        entries: Vec::new(),
+        excluded: 0,
+        special: 0,
+        warnings: 0,
+        failed: None,
+    };
+    let mut entries: Vec<(Vec<u8>, PathBuf)> = match std::fs::read_dir(&task.path) {
+        Ok(rd) => rd
+            .filter_map(|e| match e {
+                Ok(e) => Some((e.file_name().into_vec(), e.path())),
+                Err(err) => {
+                    warn!(dir = %task.path.display(), error = %err, "cannot read a directory entry");
+                    out.warnings += 1;
+                    None
+                }
+            })
+            .collect(),
+        Err(e) => {
+            out.failed = Some((task.path, e));
+            return out;
+        }
+    };
+    entries.sort();
+    let mut w = Walked::default();
+    for (name, path) in entries {
+        let rel = join(&task.rel, &name);
+        if excludes.is_match(OsStr::from_bytes(&rel)) || excludes.is_match(OsStr::from_bytes(&name))
+        {
+            out.excluded += 1;
+            continue;
+        }
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "cannot stat; skipped");
+                out.warnings += 1;
+                continue;
+            }
+        };
+        let ft = meta.file_type();
+        let kind = if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_file() {
+            Kind::File
+        } else if ft.is_symlink() {
+            Kind::Symlink
+        } else {
+            out.special += 1;
+            continue;
+        };
+        let inode = inode_of(&meta, kind, &path, &mut w);
+        out.entries.push(Scanned {
+            name,
+            path,
+            rel,
+            inode,
+            source: source_of(&meta),
+        });
+    }
+    out.warnings += w.warnings;
+    out
+}
+
+/// The directories waiting for a worker, shared by the workers and the merging thread.
+#[derive(Default)]
+struct Queue {
+    tasks: std::collections::VecDeque<DirTask>,
+    /// No more tasks will come: workers exit once the queue is empty.
+    closed: bool,
+}
+
+/// Walk `root` (a directory). `threads` workers scan directories in parallel; this thread
+/// merges their results into the tree, so that every parent's index is smaller than its
+/// children's (as the tree format requires) and the entries of a directory stay in name
+/// order. Files to store are handed to the uploads as soon as their directory is merged.
 pub(super) fn walk(root: &Path, p: WalkParams<'_>) -> Result<Walked, BackupError> {
     let mut w = Walked::default();
     let meta = std::fs::symlink_metadata(root).map_err(|source| BackupError::Source {
@@ -211,112 +330,144 @@ pub(super) fn walk(root: &Path, p: WalkParams<'_>) -> Result<Walked, BackupError
         source: Some(source_of(&meta)),
     });
     w.dirs += 1;
-    // (directory path, its relative path, its node index)
-    let mut stack: Vec<(PathBuf, Vec<u8>, usize)> = vec![(root.to_path_buf(), Vec::new(), 0)];
-    while let Some((dir, rel_dir, dir_idx)) = stack.pop() {
-        let mut entries: Vec<(Vec<u8>, PathBuf)> = match std::fs::read_dir(&dir) {
-            Ok(rd) => rd
-                .filter_map(|e| match e {
-                    Ok(e) => Some((e.file_name().into_vec(), e.path())),
-                    Err(err) => {
-                        warn!(dir = %dir.display(), error = %err, "cannot read a directory entry");
-                        w.warnings += 1;
-                        None
-                    }
-                })
-                .collect(),
-            Err(e) if dir_idx == 0 => {
-                return Err(BackupError::Source {
-                    path: dir,
-                    source: e,
-                });
-            }
-            Err(e) => {
-                warn!(dir = %dir.display(), error = %e, "cannot read directory; backed up empty");
-                w.warnings += 1;
-                continue;
-            }
-        };
-        entries.sort();
-        let mut subdirs = 0u32;
-        for (name, path) in entries {
-            let rel = join(&rel_dir, &name);
-            if p.excludes.is_match(OsStr::from_bytes(&rel))
-                || p.excludes.is_match(OsStr::from_bytes(&name))
-            {
-                w.excluded += 1;
-                continue;
-            }
-            let meta = match std::fs::symlink_metadata(&path) {
-                Ok(m) => m,
-                Err(e) => {
-                    warn!(path = %path.display(), error = %e, "cannot stat; skipped");
-                    w.warnings += 1;
-                    continue;
-                }
-            };
-            let ft = meta.file_type();
-            let kind = if ft.is_dir() {
-                Kind::Dir
-            } else if ft.is_file() {
-                Kind::File
-            } else if ft.is_symlink() {
-                Kind::Symlink
-            } else {
-                w.special += 1;
-                continue;
-            };
-            let inode = inode_of(&meta, kind, &path, &mut w);
-            let source = source_of(&meta);
-            let index = w.nodes.len();
-            let mut chunks = Vec::new();
-            match kind {
-                Kind::Dir => {
-                    w.dirs += 1;
-                    subdirs += 1;
-                    stack.push((path, rel, index));
-                }
-                Kind::Symlink => w.symlinks += 1,
-                Kind::File => {
-                    w.files += 1;
-                    p.progress.found(1, inode.size);
-                    match p.old.get(&rel) {
-                        Some(o)
-                            if o.size == inode.size
-                                && o.mtime == inode.mtime
-                                && o.ino == source.ino =>
-                        {
-                            chunks = o.chunks.clone();
-                            w.skipped_unchanged += 1;
-                            w.skipped_unchanged_bytes += inode.size;
-                            p.progress.advanced(inode.size);
-                        }
-                        _ => {
-                            let job = FileJob {
-                                index,
-                                path,
-                                size: inode.size,
-                            };
-                            if p.jobs.blocking_send(job).is_err() {
-                                // The uploads stopped (an error); theirs is the one reported.
-                                return Err(BackupError::Cancelled);
+
+    let queue = std::sync::Mutex::new(Queue::default());
+    let ready = std::sync::Condvar::new();
+    let push = |task: DirTask| {
+        let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+        q.tasks.push_back(task);
+        ready.notify_one();
+    };
+    let close = || {
+        queue.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+        ready.notify_all();
+    };
+    push(DirTask {
+        path: root.to_path_buf(),
+        rel: Vec::new(),
+        index: 0,
+    });
+    // Bounded, so that scanned directories do not pile up while the merging thread waits
+    // for the uploads (which is what bounds the walk's memory).
+    let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<ScannedDir>(p.threads.max(1));
+    let excludes = p.excludes;
+    std::thread::scope(|s| {
+        for _ in 0..p.threads.max(1) {
+            let done = done_tx.clone();
+            let (queue, ready) = (&queue, &ready);
+            s.spawn(move || {
+                loop {
+                    let task = {
+                        let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+                        loop {
+                            if let Some(t) = q.tasks.pop_front() {
+                                break Some(t);
                             }
+                            if q.closed {
+                                break None;
+                            }
+                            q = ready.wait(q).unwrap_or_else(|e| e.into_inner());
                         }
+                    };
+                    let Some(task) = task else { return };
+                    if done.send(scan(task, excludes)).is_err() {
+                        return;
                     }
                 }
-            }
-            w.nodes.push(TreeNode {
-                parent: dir_idx as u32,
-                name,
-                inode,
-                chunks,
-                source: Some(source),
             });
         }
-        w.nodes[dir_idx].inode.nlink = 2 + subdirs;
-    }
+        drop(done_tx);
+        // Every early return below closes the queue first, so the workers end.
+        let result = (|| {
+            let mut pending = 1usize;
+            while pending > 0 {
+                let Ok(dir) = done_rx.recv() else {
+                    return Err(BackupError::Internal("walk workers stopped".into()));
+                };
+                pending -= 1;
+                for sub in merge(dir, &p, &mut w)? {
+                    pending += 1;
+                    push(sub);
+                }
+            }
+            Ok(())
+        })();
+        close();
+        result
+    })?;
     p.progress.found_all();
     Ok(w)
+}
+
+/// Add a scanned directory's entries to the tree; returns its subdirectories to scan.
+pub(super) fn merge(
+    dir: ScannedDir,
+    p: &WalkParams<'_>,
+    w: &mut Walked,
+) -> Result<Vec<DirTask>, BackupError> {
+    w.excluded += dir.excluded;
+    w.special += dir.special;
+    w.warnings += dir.warnings;
+    if let Some((path, e)) = dir.failed {
+        if dir.index == 0 {
+            return Err(BackupError::Source { path, source: e });
+        }
+        warn!(dir = %path.display(), error = %e, "cannot read directory; backed up empty");
+        w.warnings += 1;
+        return Ok(Vec::new());
+    }
+    let mut subdirs = Vec::new();
+    for e in dir.entries {
+        let index = w.nodes.len();
+        let mut chunks = Vec::new();
+        match e.inode.kind {
+            Kind::Dir => {
+                w.dirs += 1;
+                subdirs.push(DirTask {
+                    path: e.path,
+                    rel: e.rel,
+                    index,
+                });
+            }
+            Kind::Symlink => w.symlinks += 1,
+            Kind::File => {
+                w.files += 1;
+                p.progress.found(1, e.inode.size);
+                match p.old.get(&e.rel) {
+                    Some(o)
+                        if o.size == e.inode.size
+                            && o.mtime == e.inode.mtime
+                            && o.ino == e.source.ino =>
+                    {
+                        chunks = o.chunks.clone();
+                        w.skipped_unchanged += 1;
+                        w.skipped_unchanged_bytes += e.inode.size;
+                        p.progress.advanced(e.inode.size);
+                    }
+                    _ => {
+                        let job = FileJob {
+                            index,
+                            path: e.path,
+                            size: e.inode.size,
+                        };
+                        if p.jobs.blocking_send(job).is_err() {
+                            // The uploads stopped (an error); theirs is the one reported.
+                            return Err(BackupError::Cancelled);
+                        }
+                    }
+                }
+            }
+        }
+        w.nodes.push(TreeNode {
+            parent: dir.index as u32,
+            name: e.name,
+            inode: e.inode,
+            chunks,
+            source: Some(e.source),
+        });
+    }
+    w.nodes[dir.index].inode.nlink = 2 + subdirs.len() as u32;
+    Ok(subdirs)
 }
 
 fn source_of(meta: &Metadata) -> SourceId {

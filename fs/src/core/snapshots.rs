@@ -17,6 +17,13 @@ use crate::tree::{self, TreeNode, TreeV1};
 /// `find` over the mount does not turn into a stream of coordinator calls.
 const SNAPSHOT_REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Open files a refused seal names (the rest are counted): enough to find the culprit
+/// without flooding the terminal.
+const SEAL_BUSY_NAMES: usize = 5;
+/// Directory levels `FsCore::path_in_snapshot` climbs before giving up: far beyond any
+/// real tree (PATH_MAX allows 2,048 one-byte levels), it only guards against a damaged one.
+const MAX_PATH_DEPTH: usize = 4096;
+
 /// What a seal did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SealReport {
@@ -259,6 +266,41 @@ impl FsCore {
         Ok(root)
     }
 
+    /// Where `ino` is inside the snapshot whose root is `root` (`dir/file`), for messages;
+    /// `(unlinked)` for a file whose last name is gone.
+    fn path_in_snapshot(&self, ino: u64, root: u64) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        let mut at = ino;
+        while at != root {
+            if parts.len() > MAX_PATH_DEPTH {
+                return "(too deep)".into();
+            }
+            let Ok(Some(inode)) = self.meta.inode(at) else {
+                return "(unlinked)".into();
+            };
+            let parent = inode.parent;
+            // A directory is small next to the cost of a refused seal; names are listed in
+            // pages until the entry is found.
+            let mut after: Option<Vec<u8>> = None;
+            let name = loop {
+                let Ok(page) = self.meta.list_dir(parent, after.as_deref(), 1024) else {
+                    return "(unlinked)".into();
+                };
+                if let Some((n, _)) = page.iter().find(|(_, i)| *i == at) {
+                    break n.clone();
+                }
+                match page.last() {
+                    Some((n, _)) => after = Some(n.clone()),
+                    None => return "(unlinked)".into(),
+                }
+            };
+            parts.push(String::from_utf8_lossy(&name).into_owned());
+            at = parent;
+        }
+        parts.reverse();
+        parts.join("/")
+    }
+
     /// Seal a snapshot: refuse while files are open for writing unless `force`.
     pub async fn seal(&self, name: &str, force: bool) -> Result<SealReport, FsError> {
         let root = self.snapshot_root(name).await?;
@@ -268,9 +310,19 @@ impl FsCore {
         }
         let busy = self.open_writers_in(root).await?;
         if !busy.is_empty() && !force {
+            let mut names: Vec<String> = busy
+                .iter()
+                .take(SEAL_BUSY_NAMES)
+                .map(|&ino| self.path_in_snapshot(ino, root))
+                .collect();
+            if busy.len() > SEAL_BUSY_NAMES {
+                names.push(format!("and {} more", busy.len() - SEAL_BUSY_NAMES));
+            }
             return Err(FsError::Busy(format!(
-                "{} file(s) in snapshot {name:?} are still open for writing; close them or use --force",
-                busy.len()
+                "{} file(s) in snapshot {name:?} are still open for writing ({}); close them, \
+                 or seal with --force to keep what was written so far",
+                busy.len(),
+                names.join(", ")
             )));
         }
         // From here on, writes through handles still open (with --force) answer EROFS;

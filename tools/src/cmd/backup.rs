@@ -28,6 +28,7 @@ pub async fn run(args: BackupArgs) -> Result<ExitCode> {
     let opts = BackupOptions {
         from: args.from.clone(),
         exclude: args.exclude.clone(),
+        walk_threads: usize::from(args.walk_threads),
         ..BackupOptions::new(args.snapshot.clone())
     };
     let (progress, bar) = super::progress::for_terminal();
