@@ -10,8 +10,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::core::FsCore;
 use crate::core::namespace::Owner;
+use crate::core::{CacheStats, FsCore};
 
 /// Largest request line accepted.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -36,6 +36,8 @@ pub enum ControlRequest {
         /// Snapshot to clone.
         from: Option<String>,
     },
+    /// What the mount's chunk cache has done since it started.
+    Stats,
 }
 
 /// The answer.
@@ -47,6 +49,29 @@ pub struct ControlResponse {
     pub message: String,
     /// errno of the failure, if any.
     pub errno: Option<i32>,
+    /// The answer to [`ControlRequest::Stats`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<CacheStats>,
+}
+
+impl ControlResponse {
+    fn ok(message: impl Into<String>) -> Self {
+        Self {
+            ok: true,
+            message: message.into(),
+            errno: None,
+            stats: None,
+        }
+    }
+
+    fn failed(message: impl Into<String>, errno: i32) -> Self {
+        Self {
+            ok: false,
+            message: message.into(),
+            errno: Some(errno),
+            stats: None,
+        }
+    }
 }
 
 /// Path of the control socket for a state directory.
@@ -84,48 +109,28 @@ async fn handle(core: Arc<FsCore>, stream: UnixStream) -> std::io::Result<()> {
     let mut reader = BufReader::new(r.take(MAX_REQUEST_BYTES as u64));
     reader.read_line(&mut line).await?;
     let answer = match serde_json::from_str::<ControlRequest>(&line) {
-        Err(e) => ControlResponse {
-            ok: false,
-            message: format!("bad request: {e}"),
-            errno: Some(libc::EINVAL),
-        },
-        Ok(ControlRequest::Ping) => ControlResponse {
-            ok: true,
-            message: "pong".into(),
-            errno: None,
-        },
+        Err(e) => ControlResponse::failed(format!("bad request: {e}"), libc::EINVAL),
+        Ok(ControlRequest::Ping) => ControlResponse::ok("pong"),
         Ok(ControlRequest::Seal { name, force }) => match core.seal(&name, force).await {
-            Ok(r) => ControlResponse {
-                ok: true,
-                message: format!(
-                    "sealed {} ({} entries, tree {} bytes)",
-                    r.name, r.entries, r.tree_bytes
-                ),
-                errno: None,
-            },
-            Err(e) => ControlResponse {
-                ok: false,
-                message: e.to_string(),
-                errno: Some(e.errno()),
-            },
+            Ok(r) => ControlResponse::ok(format!(
+                "sealed {} ({} entries, tree {} bytes)",
+                r.name, r.entries, r.tree_bytes
+            )),
+            Err(e) => ControlResponse::failed(e.to_string(), e.errno()),
         },
         Ok(ControlRequest::Create { name, from }) => {
             match core
                 .create_snapshot(&name, from.as_deref(), 0o755, Owner { uid: 0, gid: 0 })
                 .await
             {
-                Ok(_) => ControlResponse {
-                    ok: true,
-                    message: format!("opened {name}"),
-                    errno: None,
-                },
-                Err(e) => ControlResponse {
-                    ok: false,
-                    message: e.to_string(),
-                    errno: Some(e.errno()),
-                },
+                Ok(_) => ControlResponse::ok(format!("opened {name}")),
+                Err(e) => ControlResponse::failed(e.to_string(), e.errno()),
             }
         }
+        Ok(ControlRequest::Stats) => ControlResponse {
+            stats: Some(core.cache().stats()),
+            ..ControlResponse::ok("stats")
+        },
     };
     let mut out = serde_json::to_vec(&answer).map_err(std::io::Error::other)?;
     out.push(b'\n');

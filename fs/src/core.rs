@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-pub use cache::ChunkCache;
+pub use cache::{CacheStats, ChunkCache};
 pub use error::FsError;
 pub use open_file::OpenFile;
 

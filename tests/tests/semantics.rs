@@ -1290,9 +1290,12 @@ fn apply(root: &Path, slots: &mut [Option<File>], op: &ModelOp) -> Seen {
     }
 }
 
+/// Relative path → (permission bits, `user.*` xattrs as (name, value)).
+type ModesAndXattrs = BTreeMap<PathBuf, (u32, BTreeSet<(Vec<u8>, Vec<u8>)>)>;
+
 /// Permission bits and `user.*` attributes of everything under `root` (not following
 /// symlinks), by relative path.
-fn modes_and_xattrs(root: &Path) -> BTreeMap<PathBuf, (u32, BTreeSet<(Vec<u8>, Vec<u8>)>)> {
+fn modes_and_xattrs(root: &Path) -> ModesAndXattrs {
     let mut out = BTreeMap::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(d) = stack.pop() {

@@ -2,10 +2,12 @@
 //! the readahead that anticipated it fetch a chunk once.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use gridback_proto::ChunkId;
 use lru::LruCache;
+use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
 use crate::grid::{ChunkRef, Grid, GridError};
@@ -23,6 +25,26 @@ pub struct ChunkCache {
     inner: Mutex<Inner>,
     inflight: Mutex<HashMap<ChunkId, Slot>>,
     capacity_bytes: usize,
+    /// Chunks fetched from the grid (misses that reached it).
+    fetches: AtomicU64,
+    /// Plaintext bytes of those chunks.
+    fetched_bytes: AtomicU64,
+    /// Reads answered from the cache.
+    hits: AtomicU64,
+}
+
+/// What the cache has done since the mount started (`gridback status` shows it; the bench
+/// uses it to prove browsing fetches nothing).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheStats {
+    /// Chunks fetched from the grid.
+    pub chunk_fetches: u64,
+    /// Plaintext bytes of those chunks.
+    pub chunk_bytes_fetched: u64,
+    /// Chunk reads answered from the cache.
+    pub cache_hits: u64,
+    /// Bytes in the cache now.
+    pub cached_bytes: u64,
 }
 
 impl ChunkCache {
@@ -36,6 +58,9 @@ impl ChunkCache {
             }),
             inflight: Mutex::new(HashMap::new()),
             capacity_bytes,
+            fetches: AtomicU64::new(0),
+            fetched_bytes: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
         }
     }
 
@@ -68,9 +93,20 @@ impl ChunkCache {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).bytes
     }
 
+    /// What the cache has done so far.
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            chunk_fetches: self.fetches.load(Ordering::Relaxed),
+            chunk_bytes_fetched: self.fetched_bytes.load(Ordering::Relaxed),
+            cache_hits: self.hits.load(Ordering::Relaxed),
+            cached_bytes: self.cached_bytes() as u64,
+        }
+    }
+
     /// The chunk's plaintext, from the cache or the grid.
     pub async fn get(&self, chunk: ChunkRef) -> Result<Arc<Vec<u8>>, GridError> {
         if let Some(d) = self.cached(&chunk.id) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(d);
         }
         let slot: Slot = {
@@ -79,8 +115,11 @@ impl ChunkCache {
         };
         let r = slot
             .get_or_init(|| async {
+                self.fetches.fetch_add(1, Ordering::Relaxed);
                 match self.grid.read_chunk(chunk).await {
                     Ok(d) => {
+                        self.fetched_bytes
+                            .fetch_add(d.len() as u64, Ordering::Relaxed);
                         self.insert(chunk.id, d.clone());
                         Ok(d)
                     }

@@ -4,12 +4,16 @@
 //! Browsing must answer from the client's local metadata and fetch no file contents. The
 //! phase proves it by freezing every storage node (SIGSTOP) for the whole measurement: a
 //! chunk fetch would have to wait for a frozen node, so the phase fails (error or timeout)
-//! if any happens; the nodes' read counters (`rchar` in /proc/PID/io) are reported too.
+//! if any happens. The mount's own count of chunk fetches (its control socket's `stats`)
+//! and the nodes' read counters (`rchar` in /proc/PID/io) are reported too.
 
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
+use gridback_fs::config::ClientConfig;
+use gridback_fs::control::{self, ControlRequest};
+use gridback_fs::core::CacheStats;
 use nix::sys::signal::Signal;
 use serde_json::json;
 
@@ -94,6 +98,17 @@ fn generate(root: &Path, files: usize) -> Result<Vec<(String, u64)>> {
     Ok(out)
 }
 
+/// The mount's chunk-cache counters, through its control socket.
+async fn mount_stats(ctx: &Ctx) -> Result<CacheStats> {
+    let cfg = ClientConfig::load(&ctx.grid.layout.client_toml())?;
+    let r = control::request(&cfg.state_dir, &ControlRequest::Stats)
+        .await
+        .context("cannot reach the mount's control socket")?
+        .context("no mount is listening on its control socket")?;
+    r.stats
+        .with_context(|| format!("the mount answered without stats: {}", r.message))
+}
+
 async fn wait_nodes_up(ctx: &Ctx, since_unix_ms: u64) -> Result<()> {
     let want: Vec<u32> = ctx.grid.nodes.iter().map(|n| n.pid()).collect();
     let deadline = Instant::now() + NODES_UP_TIMEOUT;
@@ -148,10 +163,12 @@ pub async fn run(ctx: &mut Ctx, files: usize, procs: &mut Procs) -> Result<Secti
     eprintln!("bench: browse: listing with every storage node frozen…");
     let pids: Vec<u32> = ctx.grid.nodes.iter().map(|n| n.pid()).collect();
     let read_before: u64 = pids.iter().map(|p| rchar(*p)).sum();
+    let stats_before = mount_stats(ctx).await?;
     let frozen = Frozen::new(pids.clone());
     let measured = measure(&snap, &list, files, dirs);
     drop(frozen);
     let read_during: u64 = pids.iter().map(|p| rchar(*p)).sum::<u64>() - read_before;
+    let fetches = mount_stats(ctx).await?.chunk_fetches - stats_before.chunk_fetches;
     let thawed = now_ms();
     let (stat_secs, ls_secs, find_secs) = measured?;
     procs.push((
@@ -176,10 +193,12 @@ pub async fn run(ctx: &mut Ctx, files: usize, procs: &mut Procs) -> Result<Secti
             "find_seconds": find_secs,
             "nodes_frozen": true,
             "node_bytes_read_during_browse": read_during,
-            "chunk_fetches": 0,
+            "chunk_fetches": fetches,
         }),
         text: vec![
-            format!("browse ({files} files, fresh mount, every node frozen: no chunk fetched)"),
+            format!(
+                "browse ({files} files, fresh mount, every node frozen; chunks fetched: {fetches})"
+            ),
             format!(
                 "  stat of {STAT_SAMPLES} files      {:>8.3} s  ({:.0} µs each)",
                 stat_secs,

@@ -80,6 +80,7 @@ pub async fn run(ctx: &mut Ctx, size: u64, read: bool, procs: &mut Procs) -> Res
         name: "read",
         json: json!({
             "bytes": read_bytes,
+            "files_verified": files.len(),
             "seconds": read_secs,
             "mb_per_s": mbps(read_bytes, read_secs),
         }),
