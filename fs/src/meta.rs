@@ -62,7 +62,8 @@ db_err!(
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
-    redb::CommitError
+    redb::CommitError,
+    redb::SetDurabilityError
 );
 
 /// Kind of an inode.
@@ -422,6 +423,25 @@ impl MetaTx {
     pub fn commit(self) -> Result<(), MetaError> {
         self.tx.commit()?;
         Ok(())
+    }
+
+    /// Commit without waiting for the disk: visible at once, atomic, but lost if the process
+    /// dies before the next durable [`commit`](Self::commit), which makes it durable too.
+    /// Only for changes that a crash may drop anyway: those of a provisional inode (a file
+    /// being created, removed at restart unless it was committed).
+    pub fn commit_lazy(mut self) -> Result<(), MetaError> {
+        self.tx.set_durability(redb::Durability::None)?;
+        self.tx.commit()?;
+        Ok(())
+    }
+
+    /// [`commit_lazy`](Self::commit_lazy) when `provisional`, else [`commit`](Self::commit).
+    pub fn commit_for(self, provisional: bool) -> Result<(), MetaError> {
+        if provisional {
+            self.commit_lazy()
+        } else {
+            self.commit()
+        }
     }
 }
 

@@ -221,7 +221,9 @@ impl FsCore {
         dir.mtime = Time::now();
         dir.ctime = dir.mtime;
         tx.put_inode(parent, &dir)?;
-        tx.commit()?;
+        // A crash before the file's first commit removes it anyway: no need to wait for the
+        // disk here (the commit at close makes this durable too).
+        tx.commit_lazy()?;
         let fh = self.open_created(ino).await?;
         Ok((Attr { ino, inode }, fh))
     }
@@ -426,7 +428,7 @@ impl FsCore {
         inode.ctime = Time::now();
         let mut tx = self.meta.write()?;
         tx.put_inode(ino, &inode)?;
-        tx.commit()?;
+        tx.commit_for(inode.provisional)?;
         self.attr(ino).await
     }
 
@@ -451,7 +453,7 @@ impl FsCore {
         inode.ctime = Time::now();
         let mut tx = self.meta.write()?;
         tx.put_inode(ino, &inode)?;
-        tx.commit()?;
+        tx.commit_for(inode.provisional)?;
         Ok(())
     }
 
@@ -484,7 +486,7 @@ impl FsCore {
         inode.ctime = Time::now();
         let mut tx = self.meta.write()?;
         tx.put_inode(ino, &inode)?;
-        tx.commit()?;
+        tx.commit_for(inode.provisional)?;
         Ok(())
     }
 }
