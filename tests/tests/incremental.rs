@@ -14,13 +14,20 @@ use gridback_tests::local::LocalGridProcess;
 use gridback_tests::tree::{Rng, assert_same_tree, random, snapshot_of};
 
 /// Large files of the source tree (count, bytes each): several chunks per file.
-const LARGE_FILES: [(usize, usize); 2] = [(8, 4 << 20), (2, 6 << 20)];
+/// Large next to the 1 MiB average chunk, as real large files are: an edit then costs a
+/// chunk or two of a file of a dozen.
+const LARGE_FILES: [(usize, usize); 2] = [(4, 12 << 20), (1, 16 << 20)];
 /// Small files of the source tree, spread over [`SMALL_DIRS`] directories.
 const SMALL_FILES: usize = 300;
 /// Directories holding the small files.
 const SMALL_DIRS: usize = 10;
-/// B may upload at most this fraction of what A cost.
+/// B may upload at most this fraction of what A cost. The change is 5% of the tree's bytes,
+/// but an edit costs whole chunks (1 MiB on average), so B costs more than 5%; a full
+/// re-upload would cost 100%.
 const MAX_B_SHARE: f64 = 0.20;
+/// B may store at most this fraction of the bytes rsync rewrote (whole files): the rest are
+/// chunks the changed files share with their previous versions.
+const MAX_REWRITE_SHARE: f64 = 0.40;
 
 /// Whether `rsync` runs here.
 fn rsync_present() -> bool {
@@ -133,9 +140,10 @@ fn make_source(root: &Path) -> u64 {
     total
 }
 
-/// About 5% of the tree changes: bytes edited in the middle of two large files, one large
-/// file appended to, small files rewritten, some added (also in a new directory), some
-/// deleted. Returns the bytes written and the number of files changed or added.
+/// About 5% of the tree's bytes change: 64 KiB edited in the middle of two large files, one
+/// large file appended to, 5% of the small files rewritten, new files added (also in a new
+/// directory), some small files deleted. Returns the bytes written and the number of files
+/// changed or added.
 fn change_source(root: &Path) -> (u64, u64) {
     let mut rng = Rng::new(0x1c4e_0002);
     let mut changed = 0u64;
@@ -147,18 +155,18 @@ fn change_source(root: &Path) -> (u64, u64) {
             .unwrap();
         let len = f.metadata().unwrap().len();
         f.seek(SeekFrom::Start(len / 2)).unwrap();
-        f.write_all(&random(&mut rng, 32 << 10)).unwrap();
-        changed += 32 << 10;
+        f.write_all(&random(&mut rng, 64 << 10)).unwrap();
+        changed += 64 << 10;
         files += 1;
     }
     let mut f = std::fs::OpenOptions::new()
         .append(true)
-        .open(root.join("large/g0-05.bin"))
+        .open(root.join("large/g0-03.bin"))
         .unwrap();
-    f.write_all(&random(&mut rng, 128 << 10)).unwrap();
-    changed += 128 << 10;
+    f.write_all(&random(&mut rng, 3 << 19)).unwrap();
+    changed += 3 << 19;
     files += 1;
-    for i in (0..SMALL_FILES).step_by(25) {
+    for i in (0..SMALL_FILES).step_by(20) {
         let p = root.join(format!("small/d{:02}/f{i:03}.dat", i % SMALL_DIRS));
         let len = 1024 + (rng.next_u64() % (16 << 10)) as usize;
         std::fs::write(&p, random(&mut rng, len)).unwrap();
@@ -170,14 +178,14 @@ fn change_source(root: &Path) -> (u64, u64) {
             .unwrap();
     }
     std::fs::create_dir(root.join("added")).unwrap();
-    for i in 0..6 {
+    for i in 0..12 {
         let dir = if i % 2 == 0 { "added" } else { "small/d01" };
         std::fs::write(
             root.join(dir).join(format!("new-{i}.dat")),
-            random(&mut rng, 64 << 10),
+            random(&mut rng, 128 << 10),
         )
         .unwrap();
-        changed += 64 << 10;
+        changed += 128 << 10;
         files += 1;
     }
     (changed, files)
@@ -224,6 +232,12 @@ fn rsync_into_a_clone_uploads_only_what_changed() {
     assert_same_tree(&src, &b);
 
     let (changed, changed_files) = change_source(&src);
+    let changed_share = changed as f64 / tree_bytes as f64;
+    assert!(
+        (0.04..=0.06).contains(&changed_share),
+        "the change is {:.1}% of the tree, not about 5%",
+        changed_share * 100.0
+    );
     let (b_secs, stats) = rsync(&["-a", "--delete", "--stats"], &src, &b);
     // The clone kept sizes and mtimes, so rsync's quick check sends only what changed.
     let sent = rsync_stat(&stats, "Number of regular files transferred");
@@ -233,10 +247,11 @@ fn rsync_into_a_clone_uploads_only_what_changed() {
     let share = b_cost as f64 / a_cost as f64;
     eprintln!(
         "incremental: tree {} KiB; A: {} KiB stored in {a_secs:.2}s; \
-         ~5% change ({} KiB written, {changed_files} files); rsync sent {sent} files, \
+         {:.1}% change ({} KiB written, {changed_files} files); rsync sent {sent} files, \
          {} KiB; B: {} KiB stored in {b_secs:.2}s = {:.1}% of A",
         tree_bytes >> 10,
         a_cost >> 10,
+        changed_share * 100.0,
         changed >> 10,
         rsync_stat(&stats, "Total transferred file size") >> 10,
         b_cost >> 10,
@@ -248,6 +263,17 @@ fn rsync_into_a_clone_uploads_only_what_changed() {
         "B stored {b_cost} bytes = {:.1}% of A's {a_cost} (limit {:.0}%)",
         share * 100.0,
         MAX_B_SHARE * 100.0
+    );
+    // rsync rewrote every changed file whole (it writes a new copy and renames it); the
+    // grid stored only their new chunks. In A's terms (packet bytes per data byte), B's
+    // cost is well under what rsync wrote: unchanged chunks of changed files were reused.
+    let rewritten = rsync_stat(&stats, "Total transferred file size");
+    let b_data_equivalent = b_cost as f64 * tree_bytes as f64 / a_cost as f64;
+    assert!(
+        b_data_equivalent < MAX_REWRITE_SHARE * rewritten as f64,
+        "B stored the equivalent of {b_data_equivalent:.0} data bytes for {rewritten} bytes \
+         of rewritten files (limit {:.0}%): unchanged chunks were uploaded again",
+        MAX_REWRITE_SHARE * 100.0
     );
 
     assert_same_tree(&src, &b);
