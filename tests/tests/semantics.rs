@@ -727,6 +727,13 @@ fn name_of_255_bytes_works_and_256_is_enametoolong(snap: &Path) {
         "rename to 256",
     );
     assert_bytes(&snap.join(&ok), b"255", "a 255-byte name");
+    // A snapshot's name is a name like any other.
+    let snapshots = snap.parent().unwrap();
+    expect_errno(
+        fs::create_dir(snapshots.join(&long)),
+        Errno::ENAMETOOLONG,
+        "mkdir of a snapshot named with 256 bytes",
+    );
 }
 
 // ---------------------------------------------------------------------------------------
