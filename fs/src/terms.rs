@@ -98,6 +98,16 @@ impl Terms {
             .clone()
     }
 
+    /// The subscription state of the latest terms, without copying them (the filesystem asks
+    /// on every change it is about to make).
+    pub fn state(&self) -> Option<SubscriptionState> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|t| t.state)
+    }
+
     /// The limits in force.
     pub fn limits(&self) -> &Arc<LiveLimits> {
         &self.limits

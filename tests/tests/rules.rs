@@ -6,6 +6,7 @@
 
 use std::collections::HashSet;
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -359,13 +360,68 @@ fn quota_suspension_and_bandwidth() {
     ok(&grid, &["subscription", "set", &client, "--quota", "none"]);
     write_synced(&snap.join("c"), 1 << 20, 3).expect("writes work again without a quota");
 
-    // Suspension: new writes get EACCES, reads keep working, status says why.
+    // Suspension: new writes and every change to an open snapshot get EACCES, reads and
+    // restores keep working, status says why. A sealed snapshot to restore while suspended:
+    std::fs::create_dir(mnt.join("snapshots/kept")).unwrap();
+    let hk = write_synced(&mnt.join("snapshots/kept/k"), 1 << 20, 8).unwrap();
+    std::fs::create_dir(snap.join("dir")).unwrap();
+    std::fs::write(snap.join("empty-before"), b"").unwrap();
+    let sealed = grid.gridback(&["snapshot", "seal", "kept"]);
+    assert!(sealed.status.success(), "{sealed:?}");
     ok(&grid, &["subscription", "suspend", &client]);
     let st = grid.status();
     assert_eq!(st["subscription"]["state"], "suspended", "{st}");
+    // The mount learns it at its next terms poll: a chmod of a directory to the mode it
+    // already has changes nothing while active and is EACCES once suspended.
+    let same_mode = || std::fs::set_permissions(snap.join("dir"), PermissionsExt::from_mode(0o755));
+    poll_until("the mount to refuse changes", || {
+        same_mode().is_err_and(|e| e.raw_os_error() == Some(libc::EACCES))
+    });
+    let eacces = |what: &str, r: std::io::Result<()>| {
+        let e = r.expect_err(what);
+        assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{what}: {e}");
+    };
+    eacces("mkdir", std::fs::create_dir(snap.join("newdir")));
+    eacces(
+        "rename",
+        std::fs::rename(snap.join("empty-before"), snap.join("renamed")),
+    );
+    eacces("unlink", std::fs::remove_file(snap.join("c")));
+    eacces("rmdir", std::fs::remove_dir(snap.join("dir")));
+    eacces(
+        "chmod",
+        std::fs::set_permissions(&a, PermissionsExt::from_mode(0o600)),
+    );
+    eacces(
+        "create of an empty file",
+        std::fs::File::create(snap.join("empty")).map(drop),
+    );
+    eacces("symlink", std::os::unix::fs::symlink("a", snap.join("ln")));
     let err = write_synced(&snap.join("d"), 1 << 20, 4).expect_err("suspended");
     assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+    for gone in ["newdir", "renamed", "empty", "ln", "d"] {
+        assert!(
+            std::fs::symlink_metadata(snap.join(gone)).is_err(),
+            "{gone} exists after a refused change"
+        );
+    }
+    // Browsing and reading are unaffected.
     assert_eq!(hash_file(&a), ha);
+    let names = std::fs::read_dir(&snap).unwrap().count();
+    assert!(names >= 5, "readdir while suspended: {names} entries");
+    let dest = work.path().join("restored-while-suspended");
+    let restored = grid.gridback(&["restore", "kept", dest.to_str().unwrap()]);
+    assert!(
+        restored.status.success(),
+        "restore while suspended failed: {}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    assert_eq!(hash_file(&dest.join("k")), hk);
+    let mount_log = std::fs::read_to_string(data.join("logs/mount.log")).unwrap_or_default();
+    let warnings = mount_log
+        .matches("subscription does not allow changes")
+        .count();
+    assert_eq!(warnings, 1, "one rate-limited warning, not one per refusal");
     let text = grid.gridback(&["status"]);
     assert!(
         String::from_utf8_lossy(&text.stdout).contains("suspended"),
@@ -373,7 +429,14 @@ fn quota_suspension_and_bandwidth() {
         String::from_utf8_lossy(&text.stdout)
     );
     ok(&grid, &["subscription", "resume", &client]);
+    poll_until("the mount to allow changes again", || same_mode().is_ok());
     write_synced(&snap.join("d"), 1 << 20, 4).expect("writes work again after resume");
+    std::fs::create_dir(snap.join("newdir")).expect("mkdir after resume");
+    std::fs::rename(snap.join("empty-before"), snap.join("renamed")).expect("rename");
+    std::fs::remove_file(snap.join("c")).expect("unlink after resume");
+    std::fs::set_permissions(&a, PermissionsExt::from_mode(0o600)).expect("chmod after resume");
+    std::fs::File::create(snap.join("empty")).expect("create after resume");
+    assert_eq!(std::fs::metadata(snap.join("empty")).unwrap().len(), 0);
 
     // Expiry: a contract that ended refuses writes the same way, until it is extended.
     ok(
@@ -383,8 +446,14 @@ fn quota_suspension_and_bandwidth() {
     assert_eq!(grid.status()["subscription"]["state"], "expired");
     let err = write_synced(&snap.join("e"), 1 << 20, 7).expect_err("expired");
     assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+    poll_until("the mount to see the expiry", || {
+        same_mode().is_err_and(|e| e.raw_os_error() == Some(libc::EACCES))
+    });
     ok(&grid, &["subscription", "set", &client, "--expires", "30d"]);
     assert_eq!(grid.status()["subscription"]["state"], "active");
+    poll_until("the mount to see the extended contract", || {
+        same_mode().is_ok()
+    });
     write_synced(&snap.join("e"), 1 << 20, 7).expect("writes work again once extended");
 
     // Bandwidth: 5 MB/s up makes 50 MB take about 10 s (generous bounds, not a timing test).
