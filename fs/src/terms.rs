@@ -4,8 +4,9 @@
 //! [`TermsPoller`] that asks the coordinator every [`TERMS_POLL_INTERVAL`]) and the
 //! process-wide [`LiveLimits`] built from them:
 //!
-//! * `up` / `down`: token buckets on packet bytes, shared by every put (upload) and every get
-//!   (download) of the process;
+//! * `up` / `down`: token buckets on the client's data bytes, shared by every put (upload,
+//!   charged `k / (k + m)` of each packet, so parity is free) and every get (download, each
+//!   packet in full) of the process; see [`crate::node_client`];
 //! * `transfers`: concurrent packet puts and gets over all nodes;
 //! * `threads`: CPU workers for sealing (compress, encrypt) and erasure coding; without a
 //!   limit from the coordinator, the configured `pipeline.workers`.
@@ -33,7 +34,7 @@ const WARN_EVERY: u64 = 30;
 /// The limits in force for this process; see the module doc.
 #[derive(Debug)]
 pub struct LiveLimits {
-    /// Upload bandwidth (bytes of packets put).
+    /// Upload bandwidth (data bytes put: `k / (k + m)` of every packet).
     pub up: TokenBucket,
     /// Download bandwidth (bytes of packets fetched).
     pub down: TokenBucket,

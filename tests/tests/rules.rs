@@ -289,7 +289,13 @@ fn quota_suspension_and_bandwidth() {
     let work = tempfile::tempdir().unwrap();
     let data = work.path().join("data");
     let mnt = work.path().join("mnt");
-    let grid = LocalGridProcess::start(&data, &mnt, 6);
+    // 2 + 2 coding: twice the data on the wire, so a limit that charged parity would show
+    // (50 MB at 5 MB/s would take 20 s instead of 10 s).
+    let grid = LocalGridProcess::start_with(
+        &data,
+        &mnt,
+        &["--nodes", "6", "--erasure-k", "2", "--erasure-m", "2"],
+    );
     let client = grid.client_id();
     let snap = mnt.join("snapshots/s");
     std::fs::create_dir(&snap).unwrap();
@@ -473,13 +479,25 @@ fn quota_suspension_and_bandwidth() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    let packets = |grid: &LocalGridProcess| {
+        grid.admin_json(&["client", &client])["profile"]["usage"]["uploaded_packet_bytes"]
+            .as_u64()
+            .unwrap()
+    };
+    let packets_before = packets(&grid);
     let started = Instant::now();
     let hb = write_synced(&snap.join("fifty"), 50_000_000, 5).unwrap();
     let secs = started.elapsed().as_secs_f64();
+    // Parity did travel: about 100 MB of packets for 50 MB of data.
+    let sent = packets(&grid) - packets_before;
+    assert!(sent >= 98_000_000, "{sent} packet bytes for 50 MB at 2+2");
     println!("50 MB at a 5 MB/s upload limit: {secs:.1} s");
+    // The limit meters sealed data (parity is free): about 10 s. Charging the 2+2 packets
+    // on the wire instead would take about 20 s; the window is generous (80 % over) yet
+    // tells the two apart.
     assert!(
-        (5.0..60.0).contains(&secs),
-        "50 MB under a 5 MB/s limit took {secs:.1} s"
+        (7.0..18.0).contains(&secs),
+        "50 MB under a 5 MB/s limit took {secs:.1} s, want about 10 s"
     );
     assert_eq!(hash_file(&snap.join("fifty")), hb);
     ok(
