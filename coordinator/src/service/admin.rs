@@ -226,6 +226,8 @@ impl Inner {
         p.packet.max = r.packet_max.or(p.packet.max);
         p.backup.min = r.backup_min.or(p.backup.min);
         p.backup.max = r.backup_max.or(p.backup.max);
+        p.check_consistent()
+            .map_err(|e| bad_request(e.to_string()))?;
         let entry = NewLogEntry {
             client: None,
             node: None,

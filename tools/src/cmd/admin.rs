@@ -3,6 +3,7 @@
 //! the Unix epoch).
 
 mod records;
+mod request;
 mod rules;
 mod schedule;
 mod table;
@@ -19,7 +20,8 @@ use gridback_proto::transport::{ConnPool, client_endpoint};
 use gridback_proto::{ErrorCode, Rpc};
 use serde::Deserialize;
 
-use crate::cli::{AdminArgs, AdminCmd};
+use crate::cli::AdminArgs;
+use request::Request;
 
 /// The admin config file (`DATA/admin.toml` of a local grid).
 #[derive(Debug, Deserialize)]
@@ -92,8 +94,10 @@ impl Drop for Admin {
     }
 }
 
-/// `gridback admin …`.
+/// `gridback admin …`. Every argument is checked first ([`Request::parse`]), then the
+/// config and the certificate are read and the request is sent.
 pub async fn run(args: AdminArgs, stop: &super::StopSignal) -> Result<ExitCode> {
+    let request = Request::parse(args.command)?;
     let Some(path) = args.config.config.as_deref() else {
         bail!(
             "no admin config: pass --config FILE (DATA/admin.toml of a local grid) or set \
@@ -101,40 +105,7 @@ pub async fn run(args: AdminArgs, stop: &super::StopSignal) -> Result<ExitCode> 
         );
     };
     let admin = Admin::connect(&AdminConfig::load(path)?)?;
-    let json = args.config.json;
-    match args.command {
-        AdminCmd::Clients => records::clients(&admin, json).await,
-        AdminCmd::Client(c) => match (c.id, c.set) {
-            (Some(id), None) => records::client(&admin, &id, json).await,
-            (None, Some(crate::cli::ClientSetCmd::Set { id, place })) => {
-                rules::client_set(&admin, &id, &place, json).await
-            }
-            _ => bail!("give a client id: `gridback admin client ID` or `admin client set ID …`"),
-        },
-        AdminCmd::Snapshots { client } => records::snapshots(&admin, &client, json).await,
-        AdminCmd::Node(n) => match (n.id, n.set) {
-            (Some(id), None) => records::node(&admin, &id, json).await,
-            (
-                None,
-                Some(crate::cli::NodeSetCmd::Set {
-                    id,
-                    place,
-                    capacity,
-                }),
-            ) => rules::node_set(&admin, &id, &place, capacity.as_deref(), json).await,
-            _ => bail!("give a node id: `gridback admin node ID` or `admin node set ID …`"),
-        },
-        AdminCmd::Chunk { id } => records::chunk(&admin, &id, json).await,
-        AdminCmd::Chunks { client, snapshot } => {
-            records::chunks(&admin, &client, snapshot, json).await
-        }
-        AdminCmd::Log { follow, since } => {
-            records::log(&admin, follow, since.as_deref(), json, stop).await
-        }
-        AdminCmd::Placement(p) => rules::placement(&admin, p, json).await,
-        AdminCmd::Subscription(s) => rules::subscription(&admin, s, json).await,
-        AdminCmd::Schedule(s) => schedule::run(&admin, s, json).await,
-    }
+    request.run(&admin, args.config.json, stop).await
 }
 
 /// Parse an id argument with a message that names what was expected.
