@@ -185,6 +185,7 @@ impl Inner {
         self.store
             .set_node_place(&r.id, &place, Some(&entry))
             .map_err(store_err)?;
+        self.views.changed();
         info!(node = %r.id, detail = %entry.detail, "node record changed");
         self.admin_node(r.id)
     }
