@@ -148,6 +148,7 @@ fn placement_rules_hold_in_the_records() {
         .unwrap_or_else(|| panic!("client {client} not in {clients}"));
     assert_eq!(me["location"]["region"], "eu", "{me}");
     assert_eq!(me["location"]["zone"], "eu-1", "{me}");
+    assert_eq!(me["location_labels"], "eu/eu-1/laptop", "{me}");
     let status = grid.status();
     let nodes: Vec<(String, String)> = status["nodes"]
         .as_array()
@@ -351,6 +352,8 @@ fn placement_rules_hold_in_the_records() {
     );
     let paris = grid.admin_json(&["node", &h3]);
     assert_eq!(paris["location"]["coords"]["lat"], 48.86, "{paris}");
+    assert_eq!(paris["location_labels"], "eu/eu-2/h3", "{paris}");
+    assert_eq!(paris["status"]["location_labels"], "eu/eu-2/h3", "{paris}");
     ok(
         &grid,
         &["subscription", "set", &client, "--backup-max", "500km"],

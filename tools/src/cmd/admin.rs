@@ -117,8 +117,59 @@ where
         .with_context(|| format!("{s:?} is not a {what} id (hex, as `gridback admin` prints it)"))
 }
 
-/// Print a value as one JSON document.
+/// Print a value as one JSON document (with [`add_location_labels`]).
 fn print_json<T: serde::Serialize>(v: &T) -> Result<ExitCode> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    let mut v = serde_json::to_value(v)?;
+    add_location_labels(&mut v);
+    println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Give every object whose `location` is a `{region, zone, host, coords}` object a sibling
+/// `location_labels`: the same place as the `REGION/ZONE/HOST` string that chunk targets
+/// and `gridback status --json` carry as `location`. Added, never replacing a field.
+fn add_location_labels(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => {
+            let labels = map.get("location").and_then(|l| {
+                let part = |k: &str| l.get(k).and_then(Value::as_str);
+                Some(format!(
+                    "{}/{}/{}",
+                    part("region")?,
+                    part("zone")?,
+                    part("host")?
+                ))
+            });
+            for child in map.values_mut() {
+                add_location_labels(child);
+            }
+            if let Some(l) = labels {
+                map.entry("location_labels").or_insert(Value::String(l));
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(add_location_labels),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::add_location_labels;
+    use serde_json::json;
+
+    #[test]
+    fn location_objects_gain_their_label_string_and_strings_stay() {
+        let mut v = json!({
+            "location": {"region": "eu", "zone": "eu-1", "host": "h1", "coords": null},
+            "status": {"location": {"region": "us", "zone": "us-1", "host": "h4"}},
+            "targets": [{"location": "eu/eu-2/h2", "node": "ab"}],
+        });
+        add_location_labels(&mut v);
+        assert_eq!(v["location_labels"], "eu/eu-1/h1");
+        assert_eq!(v["location"]["zone"], "eu-1", "the object stays");
+        assert_eq!(v["status"]["location_labels"], "us/us-1/h4");
+        assert_eq!(v["targets"][0]["location"], "eu/eu-2/h2");
+        assert!(v["targets"][0].get("location_labels").is_none());
+    }
 }
