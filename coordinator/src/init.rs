@@ -327,6 +327,22 @@ impl std::fmt::Debug for GridSecrets {
 }
 
 impl GridSecrets {
+    /// Fresh secrets held only in memory, written nowhere (benches of the service path).
+    pub fn ephemeral() -> Result<Self, InitError> {
+        let ca = ClusterCa::generate(&random_hex::<4>())?;
+        let identity = ca.issue_with_key(COORDINATOR_SERVER_NAME, "coordinator")?;
+        let mut grid = [0u8; 16];
+        getrandom::fill(&mut grid).expect("invariant: the OS random source is available");
+        Ok(Self {
+            grid,
+            ca,
+            signer: OrderSigner::generate().0,
+            sequence_key: SequenceKey::generate(),
+            identity,
+            join_token: Zeroizing::new(random_hex::<32>()),
+        })
+    }
+
     /// Load an initialised data dir.
     pub fn load(data_dir: &Path) -> Result<Self, InitError> {
         let l = DataDirLayout::new(data_dir);

@@ -26,3 +26,6 @@ pub use error::CoordinatorError;
 pub use init::{InitError, InitReport, admin_tls_dir, init_data_dir, read_join_token};
 pub use placement::{PlacementBenchResult, bench_placement};
 pub use server::Server;
+pub use service::bench::{
+    AllocationBenchError, AllocationBenchResult, BENCH_BATCH_CHUNKS, bench_allocation,
+};

@@ -8,10 +8,12 @@
 //! the coordinator, different for every chunk, and unpredictable without the secret sequence
 //! key (the placement key is derived from it and never leaves the coordinator).
 //!
-//! Cost: the ring depends on membership only and is cached in [`RingCache`] until a node
-//! joins; locations, liveness and capacity are applied per request in a [`Topology`] (one
-//! O(N) pass per request, not per chunk). Per chunk the cost is a binary search plus a walk
-//! that usually stops after a few points; it is bounded by [`MAX_WALK`] points per attempt.
+//! Cost: the ring depends on membership only ([`RingCache`]); the [`GridMap`] (the ring's
+//! members with their interned locations) changes only when a node joins or moves, and the
+//! coordinator keeps it across requests. A request adds a [`Topology`] over it at a cost
+//! independent of the grid's size: liveness and room are read per visited member through
+//! [`SlotFacts`]. Per chunk the cost is a binary search plus a walk that usually stops after
+//! a few points; it is bounded by [`MAX_WALK`] points per attempt.
 //!
 //! Honest limits: the walk is greedy. When a maximum bound forces all targets into one zone
 //! or region, a bad first pick is corrected by retrying from up to [`ATTEMPTS`] other
@@ -19,8 +21,8 @@
 //! reported as no placement. On grids of up to `MAX_WALK / VNODES` nodes every attempt sees
 //! every node, so a refusal there means the greedy found no set from any of the anchors.
 //!
-//! Files: the ring, its cache and the benchmark here; the per-request view and the walk in
-//! `topology.rs`; refusals (which constraint fell short, and the message) in `shortfall.rs`.
+//! Files: the ring, its cache and the benchmark here; the shared map, the per-request view
+//! and the walk in `topology.rs`; refusals (which constraint fell short, and the message) in `shortfall.rs`.
 
 mod shortfall;
 mod topology;
@@ -34,7 +36,7 @@ use gridback_proto::{ChunkId, NodeId};
 use crate::sequence::SequenceKey;
 
 pub use shortfall::{Shortfall, describe};
-pub use topology::{Source, Topology};
+pub use topology::{GridMap, SlotFacts, Source, StaticFacts, Topology};
 
 /// Ring points per node: enough to even out load across nodes, few enough that 10,000 nodes
 /// make a ring of 160,000 points (a few MB, built in milliseconds).

@@ -2,11 +2,11 @@
 //! places chunks with [`crate::placement`] (a keyed ring, fast on large grids, with proximity
 //! rules); the rendezvous [`sequence`] below is the simple reference kept for comparison.
 //!
-//! Placement is rendezvous (highest-random-weight) hashing where each node's weight for a
-//! chunk is `keyed_blake3(sequence_key, chunk || node)`. It is deterministic for the
-//! coordinator, different for every chunk, and unpredictable without the secret key, which
-//! never leaves the coordinator. Adding a node moves only the chunks for which the new node
-//! wins, about `1/(N+1)` of them. Packet names come from a subkey of the same secret, so a
+//! That reference (not used to place data) is rendezvous (highest-random-weight) hashing
+//! where each node's weight for a chunk is `keyed_blake3(sequence_key, chunk || node)`; like
+//! the ring it is deterministic for the coordinator, different for every chunk, and
+//! unpredictable without the secret key, which never leaves the coordinator. Adding a node
+//! moves only the chunks for which the new node wins, about `1/(N+1)` of them. Packet names come from a subkey of the same secret, so a
 //! node cannot tell which of its packets belong to the same chunk.
 
 use std::fmt;

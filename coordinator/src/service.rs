@@ -3,7 +3,9 @@
 //! per area.
 
 mod admin;
+pub(crate) mod bench;
 mod chunks;
+mod grid_view;
 mod join;
 mod schedules;
 mod snapshots;
@@ -24,7 +26,6 @@ use tracing::{Instrument, Span, debug_span, error, warn};
 
 use crate::init::GridSecrets;
 use crate::pending::PendingAllocations;
-use crate::placement::RingCache;
 use crate::store::{CertRecord, MetaStore, StoreError};
 
 /// Settings the handlers need from the configuration.
@@ -64,8 +65,9 @@ pub(crate) struct Inner {
     settings: Settings,
     local_addr: SocketAddr,
     pending: PendingAllocations,
-    /// The placement ring of the current membership.
-    ring: RingCache,
+    /// The grid as placement sees it, rebuilt only when membership, locations, addresses or
+    /// capacity overrides change.
+    views: grid_view::GridViews,
     /// The subscription of clients without their own record.
     default_subscription: Subscription,
     /// Certificates seen, so most requests need no database read. Certificates are never
@@ -90,7 +92,7 @@ impl CoordService {
                 settings,
                 local_addr,
                 pending: PendingAllocations::default(),
-                ring: RingCache::default(),
+                views: grid_view::GridViews::default(),
                 default_subscription,
                 certs: RwLock::default(),
             }),

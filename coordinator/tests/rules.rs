@@ -222,6 +222,46 @@ async fn subscriptions_quotas_placement_and_admin_records() {
             .unwrap();
     }
     allocate(&client, &[ChunkId::random()]).await.unwrap();
+    // A maximum below the minimum is refused, naming both, and nothing changes: cluster
+    // rules merged with the stored ones, a subscription's own, and a subscription's against
+    // the cluster's.
+    let e = admin
+        .call(AdminPlacementSet {
+            packet_max: Some(Distance::Level(1)),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::BadRequest), "{e}");
+    assert!(
+        format!("{e}").contains("packet-min 2 is more than packet-max 1"),
+        "{e}"
+    );
+    let rules = admin.call(AdminPlacementGet).await.unwrap().proximity;
+    assert_eq!(rules.packet.max, None, "a refused change was stored");
+    let e = admin
+        .call(AdminSubscriptionSet {
+            backup_min: Some(Distance::Km(900.0)),
+            backup_max: Some(Distance::Km(500.0)),
+            ..set(cid, 1 << 40)
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{e}").contains("backup-min 900km is more than backup-max 500km"),
+        "{e}"
+    );
+    let e = admin
+        .call(AdminSubscriptionSet {
+            packet_max: Some(Distance::Level(0)),
+            ..set(cid, 1 << 40)
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{e}").contains("cluster-wide") && format!("{e}").contains("packet-max 0"),
+        "{e}"
+    );
     let nd = admin
         .call(AdminNode {
             id: nodes[1].node_id(),

@@ -14,7 +14,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use gridback_proto::ClientId;
 use gridback_proto::coord_api::{ClientWelcome, SnapshotInfo, SnapshotRecord, TreeChunk};
-use gridback_proto::subscription::ClientTerms;
+use gridback_proto::subscription::{ClientTerms, SubscriptionState};
 use gridback_proto::transport::{CallError, ConnPool, EndpointError, client_endpoint};
 use tracing::info;
 
@@ -286,5 +286,14 @@ impl Grid for GridClient {
 
     fn terms(&self) -> Option<ClientTerms> {
         Some(GridClient::terms(self))
+    }
+
+    fn subscription_state(&self) -> Option<SubscriptionState> {
+        Some(
+            self.inner
+                .terms
+                .state()
+                .unwrap_or(self.inner.welcome.terms.state),
+        )
     }
 }

@@ -12,6 +12,7 @@ mod error;
 pub mod namespace;
 mod open_file;
 pub mod snapshots;
+mod write_gate;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -98,6 +99,8 @@ pub struct FsCore {
     /// Tells the kernel to forget what it caches about an inode (attributes, pages) when the
     /// core changes a file behind the kernel's back (set by the FUSE adapter).
     invalidator: std::sync::OnceLock<Invalidator>,
+    /// Rate limit of the warning about changes refused by the subscription.
+    refusal_warning: write_gate::RefusalWarning,
 }
 
 /// See [`FsCore::set_invalidator`].
@@ -138,6 +141,7 @@ impl FsCore {
             last_snapshot_sync: Mutex::new(None),
             mounted_at: Time::now(),
             invalidator: std::sync::OnceLock::new(),
+            refusal_warning: write_gate::RefusalWarning::new(),
         };
         core.recover()?;
         Ok(core)
@@ -237,13 +241,15 @@ impl FsCore {
         Err(FsError::NotFound)
     }
 
-    /// Fail with EROFS unless `inode` lives in an open snapshot.
+    /// Fail with EROFS unless `inode` lives in an open snapshot, and with EACCES while the
+    /// subscription does not allow writes (see `write_gate`). Every change to snapshot
+    /// contents passes here.
     fn check_writable(&self, ino: u64, inode: &Inode) -> Result<(), FsError> {
         if ino == ROOT_INO || ino == SNAPSHOTS_INO || inode.snapshot == 0 {
             return Err(FsError::ReadOnly("only snapshot contents are writable"));
         }
         match self.snapshot_state(inode.snapshot)? {
-            LocalState::Open => Ok(()),
+            LocalState::Open => self.check_subscription(),
             LocalState::Sealed => Err(FsError::ReadOnly("snapshot is sealed")),
         }
     }

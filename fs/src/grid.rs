@@ -9,7 +9,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use gridback_proto::ChunkId;
 use gridback_proto::coord_api::{SnapshotInfo, SnapshotRecord, TreeChunk};
-use gridback_proto::subscription::ClientTerms;
+use gridback_proto::subscription::{ClientTerms, SubscriptionState};
 use serde::{Deserialize, Serialize};
 
 /// A file's content is a list of these, in order.
@@ -144,5 +144,11 @@ pub trait Grid: Send + Sync + 'static {
     /// subscriptions (in-memory test grids).
     fn terms(&self) -> Option<ClientTerms> {
         None
+    }
+
+    /// The subscription state of the latest terms (checked before every change the
+    /// filesystem makes); `None` when the grid has no subscriptions.
+    fn subscription_state(&self) -> Option<SubscriptionState> {
+        self.terms().map(|t| t.state)
     }
 }

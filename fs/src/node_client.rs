@@ -3,9 +3,18 @@
 //! client also proves it reached the node it meant), one stream per packet.
 //!
 //! Every transfer honours the process's [`LiveLimits`]: it takes a transfer permit, then its
-//! packet's bytes from the upload or download token bucket, before the call (so the call's
-//! deadline measures the node, not our own throttling). Successful gets feed the per-node
-//! latency estimate ([`NodeLatency`]) the read path orders holders by.
+//! charge from the upload or download token bucket, before the call (so the call's deadline
+//! measures the node, not our own throttling). Successful gets feed the per-node latency
+//! estimate ([`NodeLatency`]) the read path orders holders by.
+//!
+//! **What the bandwidth limits meter: the client's own data**, the sealed chunk bytes
+//! (after dedup, compression, encryption and padding; before erasure coding). Redundancy is
+//! the grid operator's choice, so parity travels at the same pace but is not charged: a put
+//! is charged `k / (k + m)` of its packet ([`put_charge`]), so the k + m packets of a chunk
+//! together cost its k data shards, spread evenly over its packets. A get is charged its
+//! whole packet: a read needs k packets, which is the chunk's data size; a hedged extra get
+//! (a slow holder raced by one more) and a retried put are charged too, so the limit bounds
+//! what the client actually moves for its data.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,6 +34,17 @@ use crate::terms::LiveLimits;
 /// to a vanished node costs the full handshake timeout, and a batch may hold many packets for
 /// it. Short, so a restarted node is used again soon.
 const DOWN_MEMORY: Duration = Duration::from_secs(10);
+
+/// What the upload limit charges for one packet of a chunk coded `k` data + `m` parity:
+/// `k / (k + m)` of its bytes, so a whole chunk costs `k × packet bytes`, its sealed size
+/// (the same data size the quota charges).
+pub fn put_charge(packet_bytes: usize, k: u8, m: u8) -> u64 {
+    let (k, n) = (u64::from(k), u64::from(k) + u64::from(m));
+    if n == 0 {
+        return packet_bytes as u64;
+    }
+    (packet_bytes as u64 * k).div_ceil(n)
+}
 
 /// A client of the storage nodes. Cheap to clone (shared state).
 #[derive(Debug, Clone)]
@@ -148,18 +168,20 @@ impl NodeClient {
     /// Store a packet; returns the node's acknowledgement once it is durable, after checking
     /// that the node hashed the same bytes we sent. `data` is sent as it is (quinn keeps a
     /// reference until the node has it): the frame is a small head plus these bytes, never a
-    /// copy of them.
+    /// copy of them. `charged_bytes` is what the upload limit counts for it (see the module
+    /// doc and [`put_charge`]).
     pub async fn put(
         &self,
         node: NodeId,
         addr: &str,
         order: SignedOrder,
         data: Bytes,
+        charged_bytes: u64,
     ) -> Result<PutAck, TransferError> {
         let expected = blake3::hash(&data);
         let span = debug_span!("put", node = %node, bytes = data.len());
         let _transfer = self.limits.transfers.acquire().await;
-        self.limits.up.acquire(data.len() as u64).await;
+        self.limits.up.acquire(charged_bytes).await;
         self.ensure_connected(node, addr).await?;
         let head = Bytes::from(PutPacket::frame_head(&order, data.len()));
         let ack = self
@@ -223,5 +245,22 @@ impl NodeClient {
             return Err(TransferError::Checksum { node });
         }
         Ok(data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::put_charge;
+
+    #[test]
+    fn a_chunk_is_charged_its_data_shards_not_its_parity() {
+        // 4 + 2: six packets of 1 MiB cost 4 MiB together (rounded up per packet).
+        let chunk = 6 * put_charge(1 << 20, 4, 2);
+        assert!((4 << 20..(4 << 20) + 6).contains(&chunk), "{chunk}");
+        assert_eq!(6 * put_charge(3 << 20, 4, 2), 12 << 20);
+        // Replicas (k = 1): three copies cost one.
+        assert_eq!(3 * put_charge(999, 1, 2), 999);
+        // No parity: the whole packet.
+        assert_eq!(put_charge(12345, 3, 0), 12345);
     }
 }

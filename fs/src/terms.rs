@@ -4,8 +4,9 @@
 //! [`TermsPoller`] that asks the coordinator every [`TERMS_POLL_INTERVAL`]) and the
 //! process-wide [`LiveLimits`] built from them:
 //!
-//! * `up` / `down`: token buckets on packet bytes, shared by every put (upload) and every get
-//!   (download) of the process;
+//! * `up` / `down`: token buckets on the client's data bytes, shared by every put (upload,
+//!   charged `k / (k + m)` of each packet, so parity is free) and every get (download, each
+//!   packet in full) of the process; see [`crate::node_client`];
 //! * `transfers`: concurrent packet puts and gets over all nodes;
 //! * `threads`: CPU workers for sealing (compress, encrypt) and erasure coding; without a
 //!   limit from the coordinator, the configured `pipeline.workers`.
@@ -33,7 +34,7 @@ const WARN_EVERY: u64 = 30;
 /// The limits in force for this process; see the module doc.
 #[derive(Debug)]
 pub struct LiveLimits {
-    /// Upload bandwidth (bytes of packets put).
+    /// Upload bandwidth (data bytes put: `k / (k + m)` of every packet).
     pub up: TokenBucket,
     /// Download bandwidth (bytes of packets fetched).
     pub down: TokenBucket,
@@ -96,6 +97,16 @@ impl Terms {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The subscription state of the latest terms, without copying them (the filesystem asks
+    /// on every change it is about to make).
+    pub fn state(&self) -> Option<SubscriptionState> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|t| t.state)
     }
 
     /// The limits in force.

@@ -50,8 +50,10 @@ async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bandwidth_limits_apply_from_the_greeting_and_change_without_restart() {
     let cluster = Cluster::start(6, 4, 2).await;
-    // 2 MB/s up: 3 MB of incompressible data is about 4.5 MB of packets with 4 + 2 coding,
-    // so at least ~2 s; unlimited, it takes a fraction of that on loopback.
+    // 2 MB/s up meters the client's data, not the parity: 3 MB of incompressible data is
+    // about 4.5 MB of packets with 4 + 2 coding but is charged about 3.1 MB (sealed and
+    // padded), so at least ~1.3 s after the first quarter second's burst; unlimited, it
+    // takes a fraction of that on loopback.
     cluster.coordinator.set_limits(Limits {
         bandwidth_up: Some(2_000_000),
         ..Limits::default()
@@ -71,7 +73,20 @@ async fn bandwidth_limits_apply_from_the_greeting_and_change_without_restart() {
         stored.uploaded_bytes
     );
     assert!(stored.uploaded_bytes > 4_000_000, "{stored:?}");
-    assert!(limited_up >= Duration::from_millis(1_500), "{limited_up:?}");
+    // Charged: k / (k + m) of every packet (rounded up per packet), i.e. the data shards.
+    let charged = client.live_terms().limits().up.taken_bytes();
+    let data_shards = stored.uploaded_bytes * 4 / 6;
+    let packets = 6 * stored.chunks.len() as u64;
+    assert!(
+        (data_shards..=data_shards + packets).contains(&charged),
+        "charged {charged} for {} packet bytes ({data_shards} of data shards)",
+        stored.uploaded_bytes
+    );
+    assert!(
+        charged >= data.len() as u64,
+        "less than the data itself: {charged}"
+    );
+    assert!(limited_up >= Duration::from_millis(1_000), "{limited_up:?}");
 
     // The operator changes the limits: the poller picks them up, no reconnect.
     cluster.coordinator.set_limits(Limits {
@@ -92,9 +107,15 @@ async fn bandwidth_limits_apply_from_the_greeting_and_change_without_restart() {
     assert_eq!(limits.transfers.limit(), Some(2));
     assert_eq!(client.terms().subscription.limits.transfers, Some(2));
 
-    // 2 MB/s down: at least k = 4 of 6 packets per chunk, about 3 MB, so at least ~1.2 s.
+    // 2 MB/s down: at least k = 4 of 6 packets per chunk, about 3 MB, so at least ~1.2 s;
+    // every packet fetched is charged whole (k of them is the chunk's data size).
     let start = Instant::now();
     assert_eq!(read_all(&client, &stored.chunks).await, data);
+    let fetched = limits.down.taken_bytes();
+    assert!(
+        fetched >= data_shards,
+        "charged {fetched} for reading {data_shards}"
+    );
     let limited_down = start.elapsed();
     println!("read back at 2 MB/s took {limited_down:?}");
     assert!(

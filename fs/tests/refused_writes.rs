@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use gridback_fs::core::namespace::Owner;
+use gridback_fs::core::namespace::{Owner, SetAttr};
 use gridback_fs::core::{CoreConfig, FsCore, STATFS_BLOCK_BYTES};
 use gridback_fs::meta::SNAPSHOTS_INO;
 use gridback_fs::testing::{MemGrid, Refusal};
@@ -109,6 +109,134 @@ async fn refusals_reach_the_writer_as_errno_and_leave_committed_files_intact() {
     let again = write_closed(&core, root, "new", &pattern(3, 50_000)).await;
     assert_eq!(read_all(&core, again).await, pattern(3, 50_000));
     assert_eq!(read_all(&core, kept).await, pattern(1, 200_000));
+}
+
+fn terms_in(state: SubscriptionState) -> ClientTerms {
+    ClientTerms {
+        client: ClientId([1; 16]),
+        subscription: Subscription::default(),
+        state,
+        usage: Usage::default(),
+        location: Location::new("r", "z", "h"),
+    }
+}
+
+/// While the terms say suspended or expired, every change in an open snapshot is EACCES
+/// before anything changes locally (the coordinator alone only refused uploads, so mkdir,
+/// rename, unlink, chmod, xattrs and empty files went through); reads and browsing go on,
+/// a sealed snapshot still answers EROFS, and everything works again once active.
+#[tokio::test]
+async fn suspended_terms_refuse_every_change_but_not_reads() {
+    let grid = Arc::new(MemGrid::new());
+    let dir = tempfile::tempdir().unwrap();
+    let core = core_over(dir.path(), grid.clone());
+    let root = core
+        .mkdir(SNAPSHOTS_INO, b"s", 0o755, ROOT_OWNER)
+        .await
+        .unwrap()
+        .ino;
+    let file = write_closed(&core, root, "f", &pattern(1, 50_000)).await;
+    let sub = core.mkdir(root, b"d", 0o755, ROOT_OWNER).await.unwrap().ino;
+    core.symlink(root, b"l", b"f", ROOT_OWNER).await.unwrap();
+    let sealed = core
+        .mkdir(SNAPSHOTS_INO, b"old", 0o755, ROOT_OWNER)
+        .await
+        .unwrap()
+        .ino;
+    core.seal("old", false).await.unwrap();
+    // A handle opened for writing while active.
+    let open_fh = core.open(file, true, false).await.unwrap();
+
+    for state in [SubscriptionState::Suspended, SubscriptionState::Expired] {
+        grid.set_terms(Some(terms_in(state)));
+        let eacces = |r: Result<(), gridback_fs::core::FsError>, what: &str| {
+            assert_eq!(
+                r.expect_err(what).errno(),
+                libc::EACCES,
+                "{what} while {state:?}"
+            );
+        };
+        eacces(
+            core.mkdir(root, b"new", 0o755, ROOT_OWNER).await.map(drop),
+            "mkdir",
+        );
+        eacces(
+            core.mkdir(root, b"d", 0o755, ROOT_OWNER).await.map(drop),
+            "mkdir of an existing name",
+        );
+        eacces(
+            core.create(root, b"empty", 0o644, ROOT_OWNER, false)
+                .await
+                .map(drop),
+            "create",
+        );
+        eacces(
+            core.create(root, b"f", 0o644, ROOT_OWNER, false)
+                .await
+                .map(drop),
+            "create over an existing file",
+        );
+        eacces(
+            core.symlink(root, b"l2", b"f", ROOT_OWNER).await.map(drop),
+            "symlink",
+        );
+        eacces(core.unlink(root, b"f").await, "unlink");
+        eacces(core.unlink(root, b"l").await, "unlink of a symlink");
+        eacces(core.rmdir(root, b"d").await, "rmdir");
+        eacces(core.rename(root, b"f", sub, b"g", false).await, "rename");
+        let chmod = SetAttr {
+            mode: Some(0o600),
+            ..SetAttr::default()
+        };
+        eacces(core.setattr(file, chmod).await.map(drop), "chmod");
+        let truncate = SetAttr {
+            size: Some(0),
+            ..SetAttr::default()
+        };
+        eacces(core.setattr(file, truncate).await.map(drop), "truncate");
+        eacces(core.setxattr(file, b"user.a", b"v", 0).await, "setxattr");
+        eacces(core.removexattr(file, b"user.a").await, "removexattr");
+        eacces(core.open(file, true, true).await.map(drop), "open(O_TRUNC)");
+        eacces(
+            core.open(file, true, false).await.map(drop),
+            "open for writing",
+        );
+        eacces(
+            core.write(open_fh, 0, b"x").await.map(drop),
+            "write through a handle opened before",
+        );
+        // A sealed snapshot still says EROFS.
+        let e = core
+            .mkdir(sealed, b"x", 0o755, ROOT_OWNER)
+            .await
+            .unwrap_err();
+        assert_eq!(e.errno(), libc::EROFS);
+        // Reads and browsing go on.
+        assert_eq!(read_all(&core, file).await, pattern(1, 50_000));
+        let names: Vec<Vec<u8>> = core
+            .readdir(root)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert_eq!(
+            core.readlink(core.lookup(root, b"l").await.unwrap().ino)
+                .await
+                .unwrap(),
+            b"f"
+        );
+        assert_eq!(core.getattr(file).await.unwrap().inode.perm, 0o644);
+    }
+
+    grid.set_terms(Some(terms_in(SubscriptionState::Active)));
+    core.release(open_fh).await.unwrap();
+    core.mkdir(root, b"new", 0o755, ROOT_OWNER).await.unwrap();
+    core.rename(root, b"f", sub, b"g", false).await.unwrap();
+    core.unlink(root, b"l").await.unwrap();
+    let again = write_closed(&core, root, "empty", b"").await;
+    assert_eq!(core.getattr(again).await.unwrap().inode.size, 0);
 }
 
 #[tokio::test]

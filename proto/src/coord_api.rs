@@ -506,7 +506,7 @@ pub struct NodeStatus {
     pub pid: u32,
     /// Up or down.
     pub state: NodeState,
-    /// Allocated storage.
+    /// Allocated storage (an operator override wins over what the node reports).
     pub capacity_bytes: u64,
     /// Bytes used.
     pub used_bytes: u64,
@@ -516,6 +516,9 @@ pub struct NodeStatus {
     pub last_heartbeat_unix_ms: u64,
     /// Registered location (an operator override wins over the node's config).
     pub location: Location,
+    /// The capacity the node itself reported in its last heartbeat: equal to
+    /// `capacity_bytes` once the node has applied an operator override.
+    pub reported_capacity_bytes: u64,
 }
 
 /// Grid status.

@@ -293,6 +293,17 @@ impl Bounds {
         Ok(())
     }
 
+    /// The minimum and maximum when both are set in the same unit and the minimum is the
+    /// larger: no pair of locations can satisfy them. (A level against kilometres depends on
+    /// geography and is not judged here.)
+    pub fn contradiction(&self) -> Option<(Distance, Distance)> {
+        match (self.min?, self.max?) {
+            (min @ Distance::Level(a), max @ Distance::Level(b)) if a > b => Some((min, max)),
+            (min @ Distance::Km(a), max @ Distance::Km(b)) if a > b => Some((min, max)),
+            _ => None,
+        }
+    }
+
     /// `self` with every bound that `over` sets replaced by `over`'s.
     pub fn overlay(&self, over: &Bounds) -> Bounds {
         Bounds {
@@ -320,6 +331,21 @@ pub struct Proximity {
 }
 
 impl Proximity {
+    /// Refuse rules no placement can meet: a minimum above the maximum of the same rule.
+    /// The message names both bounds as the flags do (`packet-min 3 is more than
+    /// packet-max 1`).
+    pub fn check_consistent(&self) -> Result<(), LocationError> {
+        for (name, b) in [("packet", &self.packet), ("backup", &self.backup)] {
+            if let Some((min, max)) = b.contradiction() {
+                return Err(LocationError(format!(
+                    "{name}-min {min} is more than {name}-max {max}: no placement can \
+                     satisfy both"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// `self` (cluster-wide) with a subscription's overrides applied.
     pub fn overlay(&self, over: &Proximity) -> Proximity {
         Proximity {
@@ -399,5 +425,40 @@ mod tests {
         assert_eq!("500km".parse::<Distance>().unwrap().to_string(), "500km");
         let d: Distance = serde_json::from_str("\"2\"").unwrap();
         assert_eq!(d, Distance::Level(2));
+    }
+
+    #[test]
+    fn a_minimum_above_the_maximum_is_refused_naming_both() {
+        let d = |s: &str| Some(s.parse::<Distance>().unwrap());
+        let mut p = Proximity::default();
+        assert!(p.check_consistent().is_ok());
+        p.packet = Bounds {
+            min: d("3"),
+            max: d("1"),
+        };
+        let e = p.check_consistent().unwrap_err().to_string();
+        assert!(
+            e.contains("packet-min 3") && e.contains("packet-max 1"),
+            "{e}"
+        );
+        p.packet = Bounds {
+            min: d("2"),
+            max: d("2"),
+        };
+        p.backup = Bounds {
+            min: d("900km"),
+            max: d("500km"),
+        };
+        let e = p.check_consistent().unwrap_err().to_string();
+        assert!(
+            e.contains("backup-min 900km") && e.contains("backup-max 500km"),
+            "{e}"
+        );
+        // Different units are not judged.
+        p.backup = Bounds {
+            min: d("3"),
+            max: d("500km"),
+        };
+        assert!(p.check_consistent().is_ok());
     }
 }

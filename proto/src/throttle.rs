@@ -5,6 +5,7 @@
 //! Shared by the client (its own limits) and the storage node (per-client limits); behind the
 //! `transport` feature because it needs tokio.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +30,8 @@ struct BucketInner {
     state: Mutex<BucketState>,
     /// Woken when the rate changes, so a waiter recomputes its wait.
     changed: Notify,
+    /// Bytes taken so far, limited or not (what the bucket has charged).
+    taken: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -91,8 +94,19 @@ impl TokenBucket {
         self.inner.changed.notify_waiters();
     }
 
+    /// Bytes taken from this bucket so far (with or without a rate), i.e. what it has
+    /// charged; for tests and statistics.
+    pub fn taken_bytes(&self) -> u64 {
+        self.inner.taken.load(Ordering::Relaxed)
+    }
+
     /// Wait until `bytes` may be sent (or received), and take them.
     pub async fn acquire(&self, bytes: u64) {
+        self.wait_for(bytes).await;
+        self.inner.taken.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    async fn wait_for(&self, bytes: u64) {
         loop {
             let changed = self.inner.changed.notified();
             tokio::pin!(changed);
@@ -236,12 +250,17 @@ mod tests {
             t >= Duration::from_millis(9_500) && t <= Duration::from_millis(10_200),
             "{t:?}"
         );
+        assert_eq!(
+            b.taken_bytes(),
+            50_000_000u64.div_ceil(256 * 1024) * 256 * 1024
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn unlimited_bucket_never_waits_and_large_requests_take_debt() {
         let b = TokenBucket::new(None);
         assert_eq!(time_to_send(&b, 1 << 30, 1 << 20).await, Duration::ZERO);
+        assert_eq!(b.taken_bytes(), 1 << 30, "unlimited buckets count too");
         // One request of 4 s worth of bytes passes at once; the next waits out the debt.
         let b = TokenBucket::new(Some(1000));
         let start = Instant::now();

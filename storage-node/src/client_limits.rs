@@ -4,7 +4,16 @@
 //! Each client with an entry gets a gate: one token bucket per direction (packet bytes of
 //! puts count as the client's upload, packet bytes of gets as its download), a resizable
 //! limit on its concurrent transfers, and a flag that refuses new packets when its
-//! subscription does not allow writes. Clients without an entry are unlimited. A gate is
+//! subscription does not allow writes.
+//!
+//! How this agrees with the client's own metering (`gridback_fs::node_client`): the client
+//! charges its data, `k / (k + m)` of each packet it puts, and puts each packet of a chunk
+//! on a different node, so a client keeping its limit sends any one node at most `1 / k` of
+//! its rate (all of it only with k = 1, replicas). The node cannot tell data from
+//! parity, so it holds each client to its full rate in packet bytes *per node*: a ceiling a
+//! well-behaved client never reaches, which stops a client that ignores its limit from
+//! pushing more than that rate into any node. Downloads are metered the same way on both
+//! ends (whole packets). Clients without an entry are unlimited. A gate is
 //! updated in place when its limits change, so transfers already waiting pick up the new
 //! values at once; a client dropped from the list keeps its gate object (held by requests
 //! in flight) but new requests find no gate and run unlimited.

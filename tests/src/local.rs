@@ -123,13 +123,20 @@ impl LocalGridProcess {
             .expect("run gridback")
     }
 
-    /// Run `gridback admin ARGS… --config DIR/admin.toml`.
-    pub fn admin(&self, args: &[&str]) -> Output {
-        Command::new(gridback_bin())
-            .arg("admin")
+    /// `gridback admin ARGS… --config DIR/admin.toml`, not started (for commands that keep
+    /// running, like `admin log --follow`).
+    pub fn admin_command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(gridback_bin());
+        c.arg("admin")
             .args(args)
             .arg("--config")
-            .arg(self.data.join("admin.toml"))
+            .arg(self.data.join("admin.toml"));
+        c
+    }
+
+    /// Run `gridback admin ARGS… --config DIR/admin.toml`.
+    pub fn admin(&self, args: &[&str]) -> Output {
+        self.admin_command(args)
             .output()
             .expect("run gridback admin")
     }

@@ -170,6 +170,70 @@ fn admin_input_errors_name_the_flag() {
     std::fs::write(&cfg, "coordinator_addr = \"x\"\nbogus = 1\n").unwrap();
     let err = run(&["clients"]);
     assert!(err.contains("bogus"), "unknown key not named: {err}");
+
+    // Bad values are reported with their flag and value before any config or certificate
+    // is read: the same with no config at all as with one that points nowhere.
+    let client = "00112233445566778899aabbccddeeff";
+    let cases: [(&[&str], &[&str]); 8] = [
+        (
+            &["subscription", "set", client, "--quota", "lots"],
+            &["--quota", "\"lots\""],
+        ),
+        (
+            &["subscription", "set", client, "--packet-min", "7"],
+            &["--packet-min", "\"7\"", "level 0-3"],
+        ),
+        (
+            &["subscription", "set", client, "--expires", "someday"],
+            &["--expires", "\"someday\""],
+        ),
+        (
+            &["node", "set", client, "--location", "a/b"],
+            &["--location", "a/b", "REGION/ZONE/HOST"],
+        ),
+        (
+            &["client", "set", client, "--coords", "91,0"],
+            &["--coords", "91,0"],
+        ),
+        (
+            &["placement", "set", "--packet-min", "3", "--packet-max", "1"],
+            &["packet-min 3", "packet-max 1"],
+        ),
+        (
+            &[
+                "subscription",
+                "set",
+                client,
+                "--backup-min",
+                "900km",
+                "--backup-max",
+                "500km",
+            ],
+            &["backup-min 900km", "backup-max 500km"],
+        ),
+        (&["chunk", "not-hex"], &["\"not-hex\"", "chunk id"]),
+    ];
+    for (args, want) in cases {
+        for config in [None, Some(&cfg)] {
+            let mut cmd = gridback();
+            cmd.arg("admin")
+                .args(args)
+                .env_remove("GRIDBACK_ADMIN_CONFIG");
+            if let Some(c) = config {
+                cmd.arg("--config").arg(c);
+            }
+            let out = cmd.output().unwrap();
+            assert!(!out.status.success(), "{args:?} succeeded");
+            let err = String::from_utf8_lossy(&out.stderr);
+            for w in want {
+                assert!(err.contains(w), "{args:?}: {w:?} missing from: {err}");
+            }
+            assert!(
+                !err.contains("admin config") && !err.contains("bogus"),
+                "{args:?}: the config was read before the flags were checked: {err}"
+            );
+        }
+    }
 }
 
 #[test]

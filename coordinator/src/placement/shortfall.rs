@@ -8,7 +8,7 @@ use gridback_proto::ChunkId;
 use gridback_proto::location::{Bounds, Distance, Location, Proximity};
 use gridback_proto::units::format_size;
 
-use super::topology::{Source, Topology};
+use super::topology::{SlotFacts, Source, Topology};
 
 /// Why a chunk could not be placed; [`Shortfall::message`] names the constraint.
 #[derive(Debug, Clone, PartialEq)]
@@ -107,7 +107,7 @@ impl Shortfall {
     }
 }
 
-impl Topology {
+impl<F: SlotFacts> Topology<F> {
     /// Which constraint left too few nodes, after the best walk found `best` of `need`.
     pub(super) fn diagnose(
         &self,
@@ -117,11 +117,8 @@ impl Topology {
         src: &Source,
         rules: &Proximity,
     ) -> Shortfall {
-        let roomy: Vec<usize> = (0..self.slots.len())
-            .filter(|&i| {
-                let s = &self.slots[i];
-                s.node.up && !s.blocked && s.node.free_bytes >= shard
-            })
+        let roomy: Vec<usize> = (0..self.map().slots.len())
+            .filter(|&i| self.roomy(i, shard))
             .collect();
         if roomy.len() < need {
             return Shortfall::Capacity {
@@ -140,8 +137,9 @@ impl Topology {
                 client: Box::new(src.location.clone()),
             };
         }
-        let zones: HashSet<u32> = fit.iter().map(|&i| self.slots[i].zone).collect();
-        let regions: HashSet<u32> = fit.iter().map(|&i| self.slots[i].region).collect();
+        let slots = &self.map().slots;
+        let zones: HashSet<u32> = fit.iter().map(|&i| slots[i].zone).collect();
+        let regions: HashSet<u32> = fit.iter().map(|&i| slots[i].region).collect();
         Shortfall::Packet {
             bounds: rules.packet,
             best,

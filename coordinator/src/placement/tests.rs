@@ -110,7 +110,7 @@ fn packet_min_region_level_spreads_over_zones_and_refusal_names_the_rule() {
     let seq = t.place(&chunk(1), 3, &[], 100, &src, &r).unwrap();
     let zones: HashSet<_> = seq
         .iter()
-        .map(|id| t.slots[t.index[id] as usize].zone)
+        .map(|id| t.map().slots[t.map().index[id] as usize].zone)
         .collect();
     assert_eq!(zones.len(), 3);
     let e = t.place(&chunk(1), 6, &[], 100, &src, &r).unwrap_err();
@@ -127,7 +127,7 @@ fn packet_min_region_level_spreads_over_zones_and_refusal_names_the_rule() {
     let seq = t.place(&chunk(2), 2, &[], 100, &src, &r).unwrap();
     assert!(
         seq.iter()
-            .all(|id| t.slots[t.index[id] as usize].region == t.slots[4].region)
+            .all(|id| t.map().slots[t.map().index[id] as usize].region == t.map().slots[4].region)
     );
     let e = t.place(&chunk(2), 3, &[], 100, &src, &r).unwrap_err();
     assert!(matches!(e, Shortfall::Backup { fit: 2, .. }), "{e:?}");
@@ -147,7 +147,7 @@ fn packet_max_zone_keeps_a_chunk_in_one_zone() {
         let seq = t.place(&chunk(c), 4, &[], 100, &src, &r).unwrap();
         let zones: HashSet<_> = seq
             .iter()
-            .map(|id| t.slots[t.index[id] as usize].zone)
+            .map(|id| t.map().slots[t.map().index[id] as usize].zone)
             .collect();
         assert_eq!(zones.len(), 1);
     }
@@ -250,17 +250,5 @@ proptest! {
             }
             Err(_) => prop_assert!(!exists(&nodes, need, &client, &r), "a placement exists"),
         }
-    }
-}
-
-#[test]
-#[ignore = "timing report, run by hand"]
-fn bench_report() {
-    for n in [100, 1000, 10_000] {
-        let r = bench_placement(n, 100_000);
-        println!(
-            "{n} nodes: {:.0} chunks/s, ring {:?}, placed {}",
-            r.chunks_per_sec, r.ring_build, r.placed
-        );
     }
 }

@@ -185,6 +185,7 @@ impl Inner {
         self.store
             .set_node_place(&r.id, &place, Some(&entry))
             .map_err(store_err)?;
+        self.views.changed();
         info!(node = %r.id, detail = %entry.detail, "node record changed");
         self.admin_node(r.id)
     }
@@ -226,6 +227,8 @@ impl Inner {
         p.packet.max = r.packet_max.or(p.packet.max);
         p.backup.min = r.backup_min.or(p.backup.min);
         p.backup.max = r.backup_max.or(p.backup.max);
+        p.check_consistent()
+            .map_err(|e| bad_request(e.to_string()))?;
         let entry = NewLogEntry {
             client: None,
             node: None,

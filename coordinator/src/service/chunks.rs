@@ -4,11 +4,11 @@
 mod quota;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use gridback_proto::coord_api::{
     AllocateChunks, Allocation, Allocations, ChunkLocation, ChunkPresence, CommitChunks, Committed,
-    LocateChunks, LocatedPacket, Locations, NodeState, QueryChunks, ReplaceTargets, Replacements,
-    Target,
+    LocateChunks, LocatedPacket, Locations, QueryChunks, ReplaceTargets, Replacements, Target,
 };
 use gridback_proto::units::format_size;
 use gridback_proto::wire::MAX_FRAME_BYTES;
@@ -20,13 +20,13 @@ use gridback_proto::{
 use gridback_proto::subscription::Subscription;
 use tracing::warn;
 
+use super::grid_view::{GridView, RequestFacts};
 use super::{Inner, Reply, bad_request, check_batch, store_err};
 use crate::erasure::{choose_erasure, shard_bytes};
-use crate::membership::node_state;
 use crate::pending::{PendingChunk, Slot};
-use crate::placement::{PlacementNode, Topology};
+use crate::placement::Topology;
 use crate::sequence::packet_name;
-use crate::store::{CommitBatch, NodeRecord, PlaceRecord};
+use crate::store::CommitBatch;
 use quota::QuotaGate;
 
 /// Largest packet the coordinator hands out: a node must receive it in one frame together
@@ -37,55 +37,31 @@ fn no_placement(msg: String) -> WireError {
     WireError::new(ErrorCode::NoPlacement, msg)
 }
 
-/// The grid as placement sees it at one instant.
+/// The grid as placement sees it for one request: the cached view and the request's
+/// topology over it.
 struct Grid {
-    nodes: HashMap<NodeId, NodeRecord>,
-    topo: Topology,
-}
-
-impl Grid {
-    fn addr(&self, id: &NodeId) -> String {
-        self.nodes
-            .get(id)
-            .map(|n| n.addr.clone())
-            .unwrap_or_default()
-    }
+    view: Arc<GridView>,
+    topo: Topology<RequestFacts>,
 }
 
 impl Inner {
-    /// The request's view of the grid: effective locations and capacities, liveness, room
-    /// left after in-flight allocations, and `exclude` left out.
+    /// The request's view of the grid: the cached map and addresses (see `grid_view`), live
+    /// liveness and room left after in-flight allocations, and `exclude` left out. Costs
+    /// O(excluded + packets in flight), not O(grid).
     fn grid(&self, now: u64, exclude: &[NodeId]) -> Reply<Grid> {
-        let in_flight = self.pending.in_flight_bytes(now);
-        let nodes: HashMap<NodeId, NodeRecord> =
-            self.store.nodes().map_err(store_err)?.into_iter().collect();
-        let places: HashMap<NodeId, PlaceRecord> = self
-            .store
-            .node_places()
-            .map_err(store_err)?
-            .into_iter()
-            .collect();
-        let ids: Vec<NodeId> = nodes.keys().copied().collect();
-        let ring = self.ring.get(&self.secrets.sequence_key, &ids);
-        let members = nodes
-            .iter()
-            .map(|(id, n)| {
-                let place = places.get(id).cloned().unwrap_or_default();
-                let capacity = place.capacity_override.unwrap_or(n.capacity_bytes);
-                PlacementNode {
-                    id: *id,
-                    location: place.effective(&id.to_string()),
-                    up: !n.addr.is_empty()
-                        && node_state(n, now, self.settings.node_timeout) == NodeState::Up,
-                    free_bytes: capacity
-                        .saturating_sub(n.used_bytes)
-                        .saturating_sub(in_flight.get(id).copied().unwrap_or(0)),
-                }
-            })
-            .collect();
+        let view = self
+            .views
+            .get(&*self.store, &self.secrets.sequence_key)
+            .map_err(store_err)?;
+        let facts = RequestFacts::new(
+            view.clone(),
+            now,
+            self.settings.node_timeout,
+            self.pending.in_flight_bytes(now),
+        );
         Ok(Grid {
-            topo: Topology::new(ring, members, exclude),
-            nodes,
+            topo: Topology::with_facts(view.map().clone(), facts, exclude),
+            view,
         })
     }
 
@@ -108,7 +84,7 @@ impl Inner {
         Target {
             index: slot.index,
             node: slot.node,
-            addr: grid.addr(&slot.node),
+            addr: grid.view.addr(&slot.node),
             order: self.secrets.signer.sign(order),
         }
     }
@@ -130,12 +106,15 @@ impl Inner {
         check_batch("allocate_chunks", a.chunks.len())?;
         let now = now_unix_ms();
         let mut grid = self.grid(now, &a.exclude)?;
-        let up = grid.topo.up_count();
+        // Choosing the coding needs to know only whether k + m nodes are up.
+        let want =
+            usize::from(self.settings.erasure_k.max(1)) + usize::from(self.settings.erasure_m);
+        let up = grid.topo.up_at_least(want);
         let (k, m) = choose_erasure(self.settings.erasure_k, self.settings.erasure_m, up)
             .ok_or_else(|| {
                 no_placement(format!(
                     "no storage node is up ({} known, {} excluded by the client)",
-                    grid.nodes.len(),
+                    grid.view.len(),
                     a.exclude.len()
                 ))
             })?;
@@ -381,18 +360,10 @@ impl Inner {
             .store
             .chunks_of_client(&client, &l.ids)
             .map_err(store_err)?;
-        let nodes: HashMap<NodeId, NodeRecord> =
-            self.store.nodes().map_err(store_err)?.into_iter().collect();
-        let places: HashMap<NodeId, PlaceRecord> = self
-            .store
-            .node_places()
-            .map_err(store_err)?
-            .into_iter()
-            .collect();
-        let location = |id: &NodeId| match places.get(id) {
-            Some(p) => p.effective(&id.to_string()),
-            None => PlaceRecord::default().effective(&id.to_string()),
-        };
+        let view = self
+            .views
+            .get(&*self.store, &self.secrets.sequence_key)
+            .map_err(store_err)?;
         let expires = self.order_expiry(now);
         let get_order = |node: NodeId, packet: PacketName, size: u64| {
             self.secrets.signer.sign(Order {
@@ -417,19 +388,14 @@ impl Inner {
                     packets: rec
                         .packets
                         .iter()
-                        .map(|p| {
-                            let node = nodes.get(&p.node);
-                            LocatedPacket {
-                                index: p.index,
-                                node: p.node,
-                                addr: node.map(|n| n.addr.clone()).unwrap_or_default(),
-                                node_up: node.is_some_and(|n| {
-                                    node_state(n, now, self.settings.node_timeout) == NodeState::Up
-                                }),
-                                checksum: p.checksum,
-                                order: get_order(p.node, p.packet, rec.shard_bytes),
-                                location: location(&p.node),
-                            }
+                        .map(|p| LocatedPacket {
+                            index: p.index,
+                            node: p.node,
+                            addr: view.addr(&p.node),
+                            node_up: view.up(&p.node, now, self.settings.node_timeout),
+                            checksum: p.checksum,
+                            order: get_order(p.node, p.packet, rec.shard_bytes),
+                            location: view.location(&p.node),
                         })
                         .collect(),
                 })

@@ -98,6 +98,9 @@ impl Inner {
         self.store
             .register(&fp, &member, &entry)
             .map_err(store_err)?;
+        if j.role == Role::Node {
+            self.views.changed();
+        }
         self.certs
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -127,6 +130,7 @@ impl Inner {
             })?;
         let was = node_state(&rec, now, self.settings.node_timeout);
         let previous = rec.last_heartbeat_unix_ms;
+        let moved = rec.addr != h.advertise_addr;
         rec.addr = h.advertise_addr;
         rec.capacity_bytes = h.capacity_bytes;
         rec.used_bytes = h.used_bytes;
@@ -156,11 +160,18 @@ impl Inner {
             .update_node(&id, &rec, entry.as_ref())
             .map_err(store_err)?;
         let mut place = self.store.node_place(&id).map_err(store_err)?;
-        if place.reported.as_ref() != Some(&h.location) {
+        let relocated = place.reported.as_ref() != Some(&h.location);
+        if relocated {
             place.reported = Some(h.location);
             self.store
                 .set_node_place(&id, &place, None)
                 .map_err(store_err)?;
+        }
+        // Use, capacity and liveness go straight into the placement view; a new address or
+        // location makes it rebuild.
+        self.views.heartbeat(&id, &rec);
+        if moved || relocated {
+            self.views.changed();
         }
         Ok(HeartbeatAck {
             node: id,

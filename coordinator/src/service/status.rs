@@ -28,6 +28,7 @@ impl Inner {
             used_bytes: n.used_bytes,
             packet_count: n.packet_count,
             last_heartbeat_unix_ms: n.last_heartbeat_unix_ms,
+            reported_capacity_bytes: n.capacity_bytes,
         }
     }
 

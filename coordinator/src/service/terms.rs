@@ -280,6 +280,29 @@ impl Inner {
         if s.expires_unix_ms != old_expiry {
             rec.expiry_logged = false;
         }
+        // Bounds no placement can meet are refused before anything is stored: the
+        // subscription's own, then what it makes of the cluster-wide rules.
+        s.proximity
+            .check_consistent()
+            .map_err(|e| bad_request(e.to_string()))?;
+        let touches_bounds = [r.packet_min, r.packet_max, r.backup_min, r.backup_max]
+            .iter()
+            .any(Option::is_some)
+            || r.unset
+                .iter()
+                .any(|n| n.starts_with("packet-") || n.starts_with("backup-"));
+        if touches_bounds {
+            self.store
+                .proximity()
+                .map_err(store_err)?
+                .overlay(&s.proximity)
+                .check_consistent()
+                .map_err(|e| {
+                    bad_request(format!(
+                        "with the cluster-wide rules (`admin placement show`): {e}"
+                    ))
+                })?;
+        }
         let entry = NewLogEntry {
             client: Some(r.client),
             node: None,

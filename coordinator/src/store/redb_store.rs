@@ -87,6 +87,17 @@ impl RedbStore {
             },
             other => other.into(),
         })?;
+        Self::with_tables(db, path.to_path_buf())
+    }
+
+    /// A store held in memory only (redb's in-memory backend; gone when dropped): for
+    /// benches that need many records without waiting for disks.
+    pub fn in_memory() -> Result<Self, StoreError> {
+        let db = Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())?;
+        Self::with_tables(db, PathBuf::from(":memory:"))
+    }
+
+    fn with_tables(db: Database, path: PathBuf) -> Result<Self, StoreError> {
         let tx = db.begin_write()?;
         {
             tx.open_table(CERTS)?;
@@ -109,7 +120,7 @@ impl RedbStore {
         tx.commit()?;
         Ok(Self {
             db,
-            path: path.to_path_buf(),
+            path,
             group: GroupCommit::default(),
         })
     }

@@ -1,5 +1,7 @@
 //! Errors of filesystem operations and their errno.
 
+use gridback_proto::subscription::SubscriptionState;
+
 use crate::grid::GridError;
 use crate::meta::MetaError;
 use crate::tree::TreeError;
@@ -46,6 +48,9 @@ pub enum FsError {
     /// Unknown file handle.
     #[error("bad file handle")]
     BadHandle,
+    /// The subscription is suspended or expired: no changes until it is active again.
+    #[error("subscription is {}: browse and restore only", .0.as_str())]
+    Subscription(SubscriptionState),
     /// Busy (files still open for writing).
     #[error("busy: {0}")]
     Busy(String),
@@ -80,6 +85,7 @@ impl FsError {
             FsError::NotSupported(_) => libc::EOPNOTSUPP,
             FsError::CrossDevice => libc::EXDEV,
             FsError::BadHandle => libc::EBADF,
+            FsError::Subscription(_) => libc::EACCES,
             FsError::Busy(_) => libc::EBUSY,
             FsError::Grid(g) => g.errno(),
             FsError::Meta(_) => libc::EIO,
@@ -116,6 +122,10 @@ mod tests {
             libc::ENOSPC
         );
         assert_eq!(FsError::ReadOnly("sealed").errno(), libc::EROFS);
+        assert_eq!(
+            FsError::Subscription(SubscriptionState::Expired).errno(),
+            libc::EACCES
+        );
         assert_eq!(
             FsError::Tree(TreeError::Invalid("x".into())).errno(),
             libc::EIO

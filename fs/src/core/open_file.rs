@@ -245,6 +245,7 @@ impl FsCore {
                 "snapshot was sealed while the file was open",
             ));
         }
+        self.check_subscription()?;
         self.ensure_spool(&of, &mut st, true).await?;
         let spool = st.spool.as_ref().ok_or(FsError::BadHandle)?;
         spool.write_all_at(data, offset)?;

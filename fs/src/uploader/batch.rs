@@ -21,7 +21,7 @@ use crate::coord_client::grid_error;
 use crate::crypto::ChunkCrypto;
 use crate::erasure::{self, Encoded, ErasureParams};
 use crate::grid::{ChunkRef, GridError, StoredData};
-use crate::node_client::TransferError;
+use crate::node_client::{TransferError, put_charge};
 use crate::packet;
 
 /// Chunks read from the stream, with their ids.
@@ -320,6 +320,7 @@ impl Uploader {
                 &target.addr,
                 target.order.clone(),
                 data.clone(),
+                put_charge(data.len(), up.k, up.m),
             );
             let err = match put.instrument(span).await {
                 Ok(ack) => {

@@ -212,10 +212,14 @@ pub struct SubscriptionSetArgs {
     /// EDQUOT.
     #[arg(long, value_name = "SIZE")]
     pub quota: Option<String>,
-    /// Upload bandwidth (5MB/s; `none` removes it).
+    /// Upload bandwidth (5MB/s; `none` removes it). Meters the client's own data: sealed
+    /// chunk bytes (after dedup, compression and encryption), not the parity the grid adds,
+    /// so 5MB/s stores 50 MB of new incompressible data in about 10 s whatever the erasure
+    /// coding. Each node also holds the client to this rate for the packets it receives.
     #[arg(long, value_name = "RATE")]
     pub bandwidth_up: Option<String>,
-    /// Download bandwidth (5MB/s; `none` removes it).
+    /// Download bandwidth (5MB/s; `none` removes it). Meters the packets the client fetches
+    /// to read its data (k per chunk, its sealed size; hedged extra fetches count too).
     #[arg(long, value_name = "RATE")]
     pub bandwidth_down: Option<String>,
     /// Worker threads for chunking, compression and encryption (`none` removes it).

@@ -3,6 +3,7 @@
 //! the Unix epoch).
 
 mod records;
+mod request;
 mod rules;
 mod schedule;
 mod table;
@@ -19,7 +20,8 @@ use gridback_proto::transport::{ConnPool, client_endpoint};
 use gridback_proto::{ErrorCode, Rpc};
 use serde::Deserialize;
 
-use crate::cli::{AdminArgs, AdminCmd};
+use crate::cli::AdminArgs;
+use request::Request;
 
 /// The admin config file (`DATA/admin.toml` of a local grid).
 #[derive(Debug, Deserialize)]
@@ -92,8 +94,10 @@ impl Drop for Admin {
     }
 }
 
-/// `gridback admin …`.
+/// `gridback admin …`. Every argument is checked first ([`Request::parse`]), then the
+/// config and the certificate are read and the request is sent.
 pub async fn run(args: AdminArgs, stop: &super::StopSignal) -> Result<ExitCode> {
+    let request = Request::parse(args.command)?;
     let Some(path) = args.config.config.as_deref() else {
         bail!(
             "no admin config: pass --config FILE (DATA/admin.toml of a local grid) or set \
@@ -101,40 +105,7 @@ pub async fn run(args: AdminArgs, stop: &super::StopSignal) -> Result<ExitCode> 
         );
     };
     let admin = Admin::connect(&AdminConfig::load(path)?)?;
-    let json = args.config.json;
-    match args.command {
-        AdminCmd::Clients => records::clients(&admin, json).await,
-        AdminCmd::Client(c) => match (c.id, c.set) {
-            (Some(id), None) => records::client(&admin, &id, json).await,
-            (None, Some(crate::cli::ClientSetCmd::Set { id, place })) => {
-                rules::client_set(&admin, &id, &place, json).await
-            }
-            _ => bail!("give a client id: `gridback admin client ID` or `admin client set ID …`"),
-        },
-        AdminCmd::Snapshots { client } => records::snapshots(&admin, &client, json).await,
-        AdminCmd::Node(n) => match (n.id, n.set) {
-            (Some(id), None) => records::node(&admin, &id, json).await,
-            (
-                None,
-                Some(crate::cli::NodeSetCmd::Set {
-                    id,
-                    place,
-                    capacity,
-                }),
-            ) => rules::node_set(&admin, &id, &place, capacity.as_deref(), json).await,
-            _ => bail!("give a node id: `gridback admin node ID` or `admin node set ID …`"),
-        },
-        AdminCmd::Chunk { id } => records::chunk(&admin, &id, json).await,
-        AdminCmd::Chunks { client, snapshot } => {
-            records::chunks(&admin, &client, snapshot, json).await
-        }
-        AdminCmd::Log { follow, since } => {
-            records::log(&admin, follow, since.as_deref(), json, stop).await
-        }
-        AdminCmd::Placement(p) => rules::placement(&admin, p, json).await,
-        AdminCmd::Subscription(s) => rules::subscription(&admin, s, json).await,
-        AdminCmd::Schedule(s) => schedule::run(&admin, s, json).await,
-    }
+    request.run(&admin, args.config.json, stop).await
 }
 
 /// Parse an id argument with a message that names what was expected.
@@ -146,8 +117,59 @@ where
         .with_context(|| format!("{s:?} is not a {what} id (hex, as `gridback admin` prints it)"))
 }
 
-/// Print a value as one JSON document.
+/// Print a value as one JSON document (with [`add_location_labels`]).
 fn print_json<T: serde::Serialize>(v: &T) -> Result<ExitCode> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    let mut v = serde_json::to_value(v)?;
+    add_location_labels(&mut v);
+    println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Give every object whose `location` is a `{region, zone, host, coords}` object a sibling
+/// `location_labels`: the same place as the `REGION/ZONE/HOST` string that chunk targets
+/// and `gridback status --json` carry as `location`. Added, never replacing a field.
+fn add_location_labels(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => {
+            let labels = map.get("location").and_then(|l| {
+                let part = |k: &str| l.get(k).and_then(Value::as_str);
+                Some(format!(
+                    "{}/{}/{}",
+                    part("region")?,
+                    part("zone")?,
+                    part("host")?
+                ))
+            });
+            for child in map.values_mut() {
+                add_location_labels(child);
+            }
+            if let Some(l) = labels {
+                map.entry("location_labels").or_insert(Value::String(l));
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(add_location_labels),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::add_location_labels;
+    use serde_json::json;
+
+    #[test]
+    fn location_objects_gain_their_label_string_and_strings_stay() {
+        let mut v = json!({
+            "location": {"region": "eu", "zone": "eu-1", "host": "h1", "coords": null},
+            "status": {"location": {"region": "us", "zone": "us-1", "host": "h4"}},
+            "targets": [{"location": "eu/eu-2/h2", "node": "ab"}],
+        });
+        add_location_labels(&mut v);
+        assert_eq!(v["location_labels"], "eu/eu-1/h1");
+        assert_eq!(v["location"]["zone"], "eu-1", "the object stays");
+        assert_eq!(v["status"]["location_labels"], "us/us-1/h4");
+        assert_eq!(v["targets"][0]["location"], "eu/eu-2/h2");
+        assert!(v["targets"][0].get("location_labels").is_none());
+    }
 }

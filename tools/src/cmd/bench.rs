@@ -8,7 +8,9 @@
 //!   storage node is frozen, which proves that browsing fetches no chunk;
 //! - `cat-restore`: one `--size` file read by `cat` through a fresh mount against
 //!   `gridback restore` of the same file;
-//! - `placement`: the coordinator's placement speed for 100, 1,000 and 10,000 nodes.
+//! - `placement`: the coordinator's placement speed for 100, 1,000 and 10,000 nodes: the pure
+//!   function, and one `AllocateChunks` batch through the service with the cached grid view
+//!   and with the view rebuilt per batch.
 //!
 //! Every phase reports MB/s or seconds; the process table gives CPU seconds and peak RSS.
 

@@ -70,6 +70,7 @@ pub async fn run(args: StatusArgs) -> Result<ExitCode> {
                     "pid": n.pid,
                     "state": match n.state { NodeState::Up => "up", NodeState::Down => "down" },
                     "capacity_bytes": n.capacity_bytes,
+                    "reported_capacity_bytes": n.reported_capacity_bytes,
                     "used_bytes": n.used_bytes,
                     "packet_count": n.packet_count,
                     "last_heartbeat_unix_ms": n.last_heartbeat_unix_ms,

@@ -13,8 +13,8 @@ use gridback_proto::units::format_size;
 use gridback_proto::{ChunkId, ClientId, NodeId};
 
 use super::table::Table;
-use super::when::{Relative, format_instant, parse_instant};
-use super::{Admin, parse_id, print_json};
+use super::when::format_instant;
+use super::{Admin, print_json};
 
 /// Chunks per page when listing a client's chunks.
 const CHUNK_PAGE: u32 = 512;
@@ -111,15 +111,13 @@ pub fn print_client(d: &ClientDetail, json: bool) -> Result<ExitCode> {
 }
 
 /// `admin client ID`.
-pub async fn client(admin: &Admin, id: &str, json: bool) -> Result<ExitCode> {
-    let id: ClientId = parse_id("client", id)?;
+pub async fn client(admin: &Admin, id: ClientId, json: bool) -> Result<ExitCode> {
     let d = admin.call(AdminClient { id }).await?;
     print_client(&d, json)
 }
 
 /// `admin snapshots --client ID`.
-pub async fn snapshots(admin: &Admin, client: &str, json: bool) -> Result<ExitCode> {
-    let client: ClientId = parse_id("client", client)?;
+pub async fn snapshots(admin: &Admin, client: ClientId, json: bool) -> Result<ExitCode> {
     let r = admin.call(AdminSnapshots { client }).await?;
     if json {
         return print_json(&r.snapshots);
@@ -153,8 +151,7 @@ pub async fn snapshots(admin: &Admin, client: &str, json: bool) -> Result<ExitCo
 }
 
 /// `admin node ID`.
-pub async fn node(admin: &Admin, id: &str, json: bool) -> Result<ExitCode> {
-    let id: NodeId = parse_id("node", id)?;
+pub async fn node(admin: &Admin, id: NodeId, json: bool) -> Result<ExitCode> {
     let d = admin.call(AdminNode { id }).await?;
     print_node(&d, json)
 }
@@ -182,6 +179,12 @@ pub fn print_node(d: &gridback_proto::admin_api::NodeDetail, json: bool) -> Resu
         format_size(s.capacity_bytes),
         s.packet_count
     );
+    if s.reported_capacity_bytes != s.capacity_bytes {
+        println!(
+            "              the node still reports {} (it applies the new capacity at its next              heartbeat)",
+            format_size(s.reported_capacity_bytes)
+        );
+    }
     println!(
         "records       {} packets, {}",
         d.recorded_packets,
@@ -218,8 +221,7 @@ fn chunk_rows(t: &mut Table, c: &ChunkView) {
 }
 
 /// `admin chunk ID`.
-pub async fn chunk(admin: &Admin, id: &str, json: bool) -> Result<ExitCode> {
-    let id: ChunkId = parse_id("chunk", id)?;
+pub async fn chunk(admin: &Admin, id: ChunkId, json: bool) -> Result<ExitCode> {
     let c = admin.call(AdminChunk { id }).await?;
     if json {
         return print_json(&c);
@@ -240,11 +242,10 @@ pub async fn chunk(admin: &Admin, id: &str, json: bool) -> Result<ExitCode> {
 /// `admin chunks --client ID [--snapshot NAME]`: every page, in id order.
 pub async fn chunks(
     admin: &Admin,
-    client: &str,
+    client: ClientId,
     snapshot: Option<String>,
     json: bool,
 ) -> Result<ExitCode> {
-    let client: ClientId = parse_id("client", client)?;
     let mut all = Vec::new();
     let mut after = None;
     loop {
@@ -299,11 +300,10 @@ fn print_entry(e: &LogEntry, json: bool) -> Result<()> {
 pub async fn log(
     admin: &Admin,
     follow: bool,
-    since: Option<&str>,
+    since_unix_ms: Option<u64>,
     json: bool,
     stop: &crate::cmd::StopSignal,
 ) -> Result<ExitCode> {
-    let since_unix_ms = since.map(|s| parse_instant(s, Relative::Ago)).transpose()?;
     let mut next = 0u64;
     loop {
         let r = admin

@@ -8,6 +8,7 @@ use gridback_proto::admin_api::{
     AdminClientSet, AdminNodeSet, AdminPlacementGet, AdminPlacementSet, AdminSubscriptionSet,
     AdminSubscriptionShow, AdminSubscriptionSuspend, PlacementRules,
 };
+use gridback_proto::location::{Bounds as ProximityBounds, Proximity};
 use gridback_proto::units::{parse_rate, parse_size};
 use gridback_proto::{ClientId, Coords, Distance, Location, NodeId};
 
@@ -17,62 +18,59 @@ use super::when::{Relative, parse_instant};
 use super::{Admin, parse_id, print_json};
 use crate::cli::{LocationArgs, PlacementCmd, ProximityArgs, SubscriptionCmd, SubscriptionSetArgs};
 
-/// Check location flags locally, so a typo is reported before anything is sent.
+/// Check location flags, naming the flag and its value.
 fn check_location(place: &LocationArgs) -> Result<()> {
     if let Some(l) = &place.location {
-        l.parse::<Location>()?;
+        l.parse::<Location>().context("--location")?;
     }
     if let Some(c) = &place.coords {
-        c.parse::<Coords>()?;
+        c.parse::<Coords>().context("--coords")?;
     }
     Ok(())
 }
 
-/// `admin node set NODE_ID [--location] [--coords] [--capacity]`.
-pub async fn node_set(
-    admin: &Admin,
+/// Check `admin node set NODE_ID [--location] [--coords] [--capacity]`.
+pub fn prepare_node_set(
     id: &str,
     place: &LocationArgs,
     capacity: Option<&str>,
-    json: bool,
-) -> Result<ExitCode> {
+) -> Result<AdminNodeSet> {
     let id: NodeId = parse_id("node", id)?;
     check_location(place)?;
     let capacity_bytes = capacity.map(parse_size).transpose().context("--capacity")?;
     if place.location.is_none() && place.coords.is_none() && capacity_bytes.is_none() {
         bail!("nothing to change: give --location, --coords or --capacity");
     }
-    let d = admin
-        .call(AdminNodeSet {
-            id,
-            location: place.location.clone(),
-            coords: place.coords.clone(),
-            capacity_bytes,
-        })
-        .await?;
-    print_node(&d, json)
+    Ok(AdminNodeSet {
+        id,
+        location: place.location.clone(),
+        coords: place.coords.clone(),
+        capacity_bytes,
+    })
 }
 
-/// `admin client set CLIENT_ID [--location] [--coords]`.
-pub async fn client_set(
-    admin: &Admin,
-    id: &str,
-    place: &LocationArgs,
-    json: bool,
-) -> Result<ExitCode> {
+/// `admin node set …`, checked by [`prepare_node_set`].
+pub async fn node_set(admin: &Admin, req: AdminNodeSet, json: bool) -> Result<ExitCode> {
+    print_node(&admin.call(req).await?, json)
+}
+
+/// Check `admin client set CLIENT_ID [--location] [--coords]`.
+pub fn prepare_client_set(id: &str, place: &LocationArgs) -> Result<AdminClientSet> {
     let id: ClientId = parse_id("client", id)?;
     check_location(place)?;
     if place.location.is_none() && place.coords.is_none() {
         bail!("nothing to change: give --location or --coords");
     }
-    let d = admin
-        .call(AdminClientSet {
-            id,
-            location: place.location.clone(),
-            coords: place.coords.clone(),
-        })
-        .await?;
-    print_client(&d, json)
+    Ok(AdminClientSet {
+        id,
+        location: place.location.clone(),
+        coords: place.coords.clone(),
+    })
+}
+
+/// `admin client set …`, checked by [`prepare_client_set`].
+pub async fn client_set(admin: &Admin, req: AdminClientSet, json: bool) -> Result<ExitCode> {
+    print_client(&admin.call(req).await?, json)
 }
 
 fn distance(flag: &str, v: &Option<String>) -> Result<Option<Distance>> {
@@ -88,6 +86,31 @@ struct Bounds4 {
     backup_max: Option<Distance>,
 }
 
+impl Bounds4 {
+    fn is_empty(&self) -> bool {
+        self.packet_min.is_none()
+            && self.packet_max.is_none()
+            && self.backup_min.is_none()
+            && self.backup_max.is_none()
+    }
+
+    /// Refuse a minimum above a maximum given together (the coordinator checks them again
+    /// against the rules already in force).
+    fn check_consistent(&self) -> Result<()> {
+        let given = Proximity {
+            packet: ProximityBounds {
+                min: self.packet_min,
+                max: self.packet_max,
+            },
+            backup: ProximityBounds {
+                min: self.backup_min,
+                max: self.backup_max,
+            },
+        };
+        Ok(given.check_consistent()?)
+    }
+}
+
 fn bounds(b: &ProximityArgs, unset: &mut Vec<String>) -> Result<Bounds4> {
     let mut one = |flag: &str, v: &Option<String>| -> Result<Option<Distance>> {
         if v.as_deref() == Some("none") {
@@ -96,12 +119,14 @@ fn bounds(b: &ProximityArgs, unset: &mut Vec<String>) -> Result<Bounds4> {
         }
         distance(flag, v)
     };
-    Ok(Bounds4 {
+    let b = Bounds4 {
         packet_min: one("packet-min", &b.packet_min)?,
         packet_max: one("packet-max", &b.packet_max)?,
         backup_min: one("backup-min", &b.backup_min)?,
         backup_max: one("backup-max", &b.backup_max)?,
-    })
+    };
+    b.check_consistent()?;
+    Ok(b)
 }
 
 fn print_rules(r: &PlacementRules, json: bool) -> Result<ExitCode> {
@@ -125,10 +150,19 @@ fn print_rules(r: &PlacementRules, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `admin placement set|show`.
-pub async fn placement(admin: &Admin, cmd: PlacementCmd, json: bool) -> Result<ExitCode> {
+/// A checked `admin placement` command.
+#[derive(Debug)]
+pub enum PlacementRequest {
+    /// `placement show`.
+    Show,
+    /// `placement set …`.
+    Set(AdminPlacementSet),
+}
+
+/// Check `admin placement set|show`.
+pub fn prepare_placement(cmd: PlacementCmd) -> Result<PlacementRequest> {
     match cmd {
-        PlacementCmd::Show => print_rules(&admin.call(AdminPlacementGet).await?, json),
+        PlacementCmd::Show => Ok(PlacementRequest::Show),
         PlacementCmd::Set { bounds: b, clear } => {
             let mut unset = Vec::new();
             let b = bounds(&b, &mut unset)?;
@@ -139,27 +173,27 @@ pub async fn placement(admin: &Admin, cmd: PlacementCmd, json: bool) -> Result<E
                     unset.join(", ")
                 );
             }
-            if !clear
-                && b.packet_min.is_none()
-                && b.packet_max.is_none()
-                && b.backup_min.is_none()
-                && b.backup_max.is_none()
-            {
+            if !clear && b.is_empty() {
                 bail!(
                     "nothing to change: give --packet-min/--packet-max/--backup-min/--backup-max or --clear"
                 );
             }
-            let r = admin
-                .call(AdminPlacementSet {
-                    packet_min: b.packet_min,
-                    packet_max: b.packet_max,
-                    backup_min: b.backup_min,
-                    backup_max: b.backup_max,
-                    clear,
-                })
-                .await?;
-            print_rules(&r, json)
+            Ok(PlacementRequest::Set(AdminPlacementSet {
+                packet_min: b.packet_min,
+                packet_max: b.packet_max,
+                backup_min: b.backup_min,
+                backup_max: b.backup_max,
+                clear,
+            }))
         }
+    }
+}
+
+/// `admin placement set|show`, checked by [`prepare_placement`].
+pub async fn placement(admin: &Admin, req: PlacementRequest, json: bool) -> Result<ExitCode> {
+    match req {
+        PlacementRequest::Show => print_rules(&admin.call(AdminPlacementGet).await?, json),
+        PlacementRequest::Set(set) => print_rules(&admin.call(set).await?, json),
     }
 }
 
@@ -187,7 +221,7 @@ fn positive(s: &str) -> Result<u32> {
     }
 }
 
-async fn subscription_set(admin: &Admin, a: SubscriptionSetArgs, json: bool) -> Result<ExitCode> {
+fn prepare_subscription_set(a: SubscriptionSetArgs) -> Result<AdminSubscriptionSet> {
     let client: ClientId = parse_id("client", &a.id)?;
     let mut unset = Vec::new();
     let quota_bytes = limit("quota", &a.quota, &mut unset, |s| Ok(parse_size(s)?))?;
@@ -216,43 +250,58 @@ async fn subscription_set(admin: &Admin, a: SubscriptionSetArgs, json: bool) -> 
         Some(s) => Some(parse_instant(s, Relative::FromNow).context("--expires")?),
     };
     let b = bounds(&a.bounds, &mut unset)?;
-    let d = admin
-        .call(AdminSubscriptionSet {
-            client,
-            plan: a.plan,
-            quota_bytes,
-            bandwidth_up,
-            bandwidth_down,
-            threads,
-            transfers,
-            packet_min: b.packet_min,
-            packet_max: b.packet_max,
-            backup_min: b.backup_min,
-            backup_max: b.backup_max,
-            expires_unix_ms,
-            unset,
-        })
-        .await?;
-    print_client(&d, json)
+    Ok(AdminSubscriptionSet {
+        client,
+        plan: a.plan,
+        quota_bytes,
+        bandwidth_up,
+        bandwidth_down,
+        threads,
+        transfers,
+        packet_min: b.packet_min,
+        packet_max: b.packet_max,
+        backup_min: b.backup_min,
+        backup_max: b.backup_max,
+        expires_unix_ms,
+        unset,
+    })
 }
 
-/// `admin subscription set|show|suspend|resume`.
-pub async fn subscription(admin: &Admin, cmd: SubscriptionCmd, json: bool) -> Result<ExitCode> {
+/// A checked `admin subscription` command.
+#[derive(Debug)]
+pub enum SubscriptionRequest {
+    /// `subscription set …`.
+    Set(Box<AdminSubscriptionSet>),
+    /// `subscription show ID`.
+    Show(ClientId),
+    /// `subscription suspend|resume ID`.
+    Suspend(AdminSubscriptionSuspend),
+}
+
+/// Check `admin subscription set|show|suspend|resume`.
+pub fn prepare_subscription(cmd: SubscriptionCmd) -> Result<SubscriptionRequest> {
+    let suspend = |id: &str, suspend: bool| -> Result<SubscriptionRequest> {
+        Ok(SubscriptionRequest::Suspend(AdminSubscriptionSuspend {
+            client: parse_id("client", id)?,
+            suspend,
+        }))
+    };
     match cmd {
-        SubscriptionCmd::Set(a) => subscription_set(admin, *a, json).await,
-        SubscriptionCmd::Show { id } => {
-            let client: ClientId = parse_id("client", &id)?;
-            print_client(&admin.call(AdminSubscriptionShow { client }).await?, json)
-        }
-        SubscriptionCmd::Suspend { id } => suspend(admin, &id, true, json).await,
-        SubscriptionCmd::Resume { id } => suspend(admin, &id, false, json).await,
+        SubscriptionCmd::Set(a) => Ok(SubscriptionRequest::Set(Box::new(
+            prepare_subscription_set(*a)?,
+        ))),
+        SubscriptionCmd::Show { id } => Ok(SubscriptionRequest::Show(parse_id("client", &id)?)),
+        SubscriptionCmd::Suspend { id } => suspend(&id, true),
+        SubscriptionCmd::Resume { id } => suspend(&id, false),
     }
 }
 
-async fn suspend(admin: &Admin, id: &str, suspend: bool, json: bool) -> Result<ExitCode> {
-    let client: ClientId = parse_id("client", id)?;
-    let d = admin
-        .call(AdminSubscriptionSuspend { client, suspend })
-        .await?;
+/// `admin subscription set|show|suspend|resume`, checked by [`prepare_subscription`].
+pub async fn subscription(admin: &Admin, req: SubscriptionRequest, json: bool) -> Result<ExitCode> {
+    let d = match req {
+        SubscriptionRequest::Set(set) => admin.call(*set).await?,
+        SubscriptionRequest::Show(client) => admin.call(AdminSubscriptionShow { client }).await?,
+        SubscriptionRequest::Suspend(s) => admin.call(s).await?,
+    };
     print_client(&d, json)
 }

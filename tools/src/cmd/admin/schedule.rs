@@ -46,9 +46,20 @@ fn print(s: &Schedules, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Run a schedule subcommand.
-pub async fn run(admin: &Admin, cmd: ScheduleCmd, json: bool) -> Result<ExitCode> {
-    match cmd {
+/// A checked schedule subcommand.
+#[derive(Debug)]
+pub enum ScheduleRequest {
+    /// `schedule add`.
+    Add(ScheduleAdd),
+    /// `schedule list`.
+    List(ScheduleList),
+    /// `schedule remove`.
+    Remove(ScheduleRemove),
+}
+
+/// Check a schedule subcommand's arguments.
+pub fn prepare(cmd: ScheduleCmd) -> Result<ScheduleRequest> {
+    Ok(match cmd {
         ScheduleCmd::Add {
             client,
             path,
@@ -62,21 +73,27 @@ pub async fn run(admin: &Admin, cmd: ScheduleCmd, json: bool) -> Result<ExitCode
             if !path.starts_with('/') {
                 bail!("--path must be absolute (it is a path on the client's machine)");
             }
-            let s = admin
-                .call(ScheduleAdd {
-                    client,
-                    path,
-                    every_ms,
-                })
-                .await?;
-            print(&s, json)
+            ScheduleRequest::Add(ScheduleAdd {
+                client,
+                path,
+                every_ms,
+            })
         }
-        ScheduleCmd::List { client } => {
-            let client = client
+        ScheduleCmd::List { client } => ScheduleRequest::List(ScheduleList {
+            client: client
                 .map(|c| parse_id::<ClientId>("client", &c))
-                .transpose()?;
-            print(&admin.call(ScheduleList { client }).await?, json)
-        }
-        ScheduleCmd::Remove { id } => print(&admin.call(ScheduleRemove { id }).await?, json),
-    }
+                .transpose()?,
+        }),
+        ScheduleCmd::Remove { id } => ScheduleRequest::Remove(ScheduleRemove { id }),
+    })
+}
+
+/// Run a schedule subcommand checked by [`prepare`].
+pub async fn run(admin: &Admin, req: ScheduleRequest, json: bool) -> Result<ExitCode> {
+    let s = match req {
+        ScheduleRequest::Add(a) => admin.call(a).await?,
+        ScheduleRequest::List(l) => admin.call(l).await?,
+        ScheduleRequest::Remove(r) => admin.call(r).await?,
+    };
+    print(&s, json)
 }

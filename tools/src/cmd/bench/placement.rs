@@ -1,8 +1,12 @@
 //! The `placement` phase: how fast the coordinator places chunks as the grid grows, on
-//! simulated grids of 100, 1,000 and 10,000 nodes (no processes, no network).
+//! simulated grids of 100, 1,000 and 10,000 nodes (no processes, no network): the pure
+//! placement function, and the allocation service path (one `AllocateChunks` batch against
+//! a store holding every node) with the cached grid view and with the view rebuilt from the
+//! store for every batch, as it was before the cache.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use gridback_coordinator::placement::bench_placement;
+use gridback_coordinator::{BENCH_BATCH_CHUNKS, bench_allocation};
 use serde_json::json;
 
 use super::Section;
@@ -11,6 +15,10 @@ use super::Section;
 const NODES: [usize; 3] = [100, 1_000, 10_000];
 /// Chunks placed on each.
 const CHUNKS: usize = 100_000;
+/// Batches allocated through the service path with the cached view on each grid.
+const CACHED_BATCHES: usize = 300;
+/// Batches allocated with the view rebuilt before each (slow on big grids, so fewer).
+const REBUILT_BATCHES: usize = 30;
 
 /// Run the phase.
 pub fn run() -> Result<Section> {
@@ -40,6 +48,58 @@ pub fn run() -> Result<Section> {
         NODES[0],
         NODES[NODES.len() - 1]
     ));
+    text.push(format!(
+        "allocation service path: one AllocateChunks of {BENCH_BATCH_CHUNKS} chunks (4+2) \
+         against an in-memory store"
+    ));
+    let mut service = Vec::new();
+    for n in NODES {
+        eprintln!("bench: allocation service path on {n} nodes…");
+        let r = bench_allocation(n, CACHED_BATCHES, REBUILT_BATCHES)
+            .with_context(|| format!("allocation bench on {n} nodes"))?;
+        text.push(format!(
+            "  {:>6} nodes  {:>9.1} µs/batch cached view ({} rebuilds)  {:>9.1} µs/batch \
+             view rebuilt per batch",
+            r.nodes,
+            r.cached_per_batch.as_secs_f64() * 1e6,
+            r.cached_view_builds,
+            r.rebuilt_per_batch.as_secs_f64() * 1e6,
+        ));
+        service.push(r);
+    }
+    let per_batch = |r: Option<&gridback_coordinator::AllocationBenchResult>, cached: bool| {
+        r.map_or(0.0, |r| {
+            if cached {
+                r.cached_per_batch.as_secs_f64()
+            } else {
+                r.rebuilt_per_batch.as_secs_f64()
+            }
+        })
+    };
+    let cached_growth =
+        per_batch(service.last(), true) / per_batch(service.first(), true).max(1e-12);
+    let rebuilt_growth =
+        per_batch(service.last(), false) / per_batch(service.first(), false).max(1e-12);
+    text.push(format!(
+        "  time per batch grows {cached_growth:.2}× cached, {rebuilt_growth:.2}× rebuilt, from {} \
+         to {} nodes",
+        NODES[0],
+        NODES[NODES.len() - 1]
+    ));
+    let service_rows: Vec<_> = service
+        .iter()
+        .map(|r| {
+            json!({
+                "nodes": r.nodes,
+                "batch_chunks": r.batch_chunks,
+                "cached_batches": r.cached_batches,
+                "cached_us_per_batch": r.cached_per_batch.as_secs_f64() * 1e6,
+                "cached_view_builds": r.cached_view_builds,
+                "rebuilt_batches": r.rebuilt_batches,
+                "rebuilt_us_per_batch": r.rebuilt_per_batch.as_secs_f64() * 1e6,
+            })
+        })
+        .collect();
     let json_rows: Vec<_> = rows
         .iter()
         .map(|r| {
@@ -55,7 +115,13 @@ pub fn run() -> Result<Section> {
         .collect();
     Ok(Section {
         name: "placement",
-        json: json!({ "runs": json_rows, "time_per_chunk_growth_100_to_10000_nodes": growth }),
+        json: json!({
+            "runs": json_rows,
+            "time_per_chunk_growth_100_to_10000_nodes": growth,
+            "service": service_rows,
+            "service_cached_growth_100_to_10000_nodes": cached_growth,
+            "service_rebuilt_growth_100_to_10000_nodes": rebuilt_growth,
+        }),
         text,
     })
 }
