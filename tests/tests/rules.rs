@@ -802,45 +802,73 @@ fn requested_backup_runs_and_is_logged() {
             "--path",
             src.to_str().unwrap(),
             "--every",
-            "1h",
+            "10s",
         ],
     );
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let name = loop {
+    // The sealed snapshots the agent made so far, oldest first.
+    let sealed = || -> Vec<String> {
         let out = grid.gridback(&["snapshot", "list", "--json"]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let found =
-            v["snapshots"].as_array().unwrap().iter().find(|s| {
-                s["name"].as_str().unwrap().starts_with("sched-") && s["state"] == "sealed"
-            });
-        if let Some(s) = found {
-            break s["name"].as_str().unwrap().to_string();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no requested backup appeared:\n{}\n{}",
-            grid.log_text(),
-            std::fs::read_to_string(data.join("logs/agent.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(500));
+        let mut names: Vec<String> = v["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["name"].as_str().unwrap().starts_with("sched-") && s["state"] == "sealed")
+            .map(|s| s["name"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
     };
+    let wait_for = |count: usize| -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let names = sealed();
+            if names.len() >= count {
+                return names;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} requested backups appeared, waiting for {count}:\n{}\n{}",
+                names.len(),
+                grid.log_text(),
+                std::fs::read_to_string(data.join("logs/agent.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    let first = wait_for(1)[0].clone();
+    // The requested backup is an ordinary sealed snapshot: browse it through the mount.
+    assert_same_tree(&src, &mnt.join("snapshots").join(&first));
+
+    // A change to the source, then the next run: it sees the change, and it is incremental
+    // (the agent backs up from the previous run, so unchanged files are not read again).
+    std::fs::write(src.join("changed-after-the-first-run"), b"new").unwrap();
+    let before = sealed().len();
+    let names = wait_for(before + 1);
+    let latest = names.last().unwrap().clone();
     let schedules = grid.admin_json(&["schedule", "list"]);
     let last = &schedules[0]["last_result"];
     assert_eq!(last["ok"], true, "{schedules}");
-    assert_eq!(
-        last["snapshot"].as_str(),
-        Some(name.as_str()),
-        "{schedules}"
-    );
+    let reported = last["snapshot"].as_str().unwrap().to_string();
+    assert!(names.contains(&reported), "{schedules}");
+    let detail = last["detail"].as_str().unwrap();
+    let unchanged: u64 = detail
+        .split(", ")
+        .find_map(|p| p.strip_suffix(" unchanged"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no unchanged count in {detail:?}"));
+    assert!(unchanged > 0, "a later run read every file again: {detail}");
     let log = ok(&grid, &["log", "--json"]);
-    assert!(
-        log.lines()
-            .any(|l| l.contains("backup.scheduled") && l.contains(&name)),
-        "{log}"
-    );
-    // The requested backup is an ordinary sealed snapshot: restore it and compare.
+    for name in [&first, &latest] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("backup.scheduled") && l.contains(name.as_str())),
+            "{name} is not in the backup log:\n{log}"
+        );
+    }
+    // And restore the latest: the change is in it.
     let dest = work.path().join("restored");
-    let out = grid.gridback(&["restore", &name, dest.to_str().unwrap()]);
+    let out = grid.gridback(&["restore", &latest, dest.to_str().unwrap()]);
     assert!(
         out.status.success(),
         "restore failed: {}",
