@@ -6,7 +6,12 @@
 //!   symlink writes `DEST/NAME`.
 //! - DEST must be missing or empty, unless `--overwrite`, or unless it holds the resume
 //!   marker ([`MARKER`]) of an interrupted restore of the same `SNAPSHOT[/PATH]`. The marker
-//!   is written before anything else and removed when the restore completes.
+//!   is written before anything else and removed only once every file is in place and every
+//!   directory has its attributes, all made durable (`syncfs`): a restore killed at any
+//!   point before that resumes. Removing the marker moves DEST's mtime, so when DEST is the
+//!   restored directory its times are set once more after the removal (a kill between those
+//!   two calls leaves a complete DEST whose only flaw is its own mtime; `--overwrite` fixes
+//!   it without fetching anything).
 //! - When resuming or overwriting, a regular file already at its place with the right size
 //!   and mtime (ns) is kept (rsync's quick check); everything else is written again. Entries
 //!   of DEST that are not in the snapshot are left alone.
@@ -33,7 +38,7 @@ use tracing::info;
 
 use crate::client::GridClient;
 use crate::grid::{ChunkRef, Grid, GridError};
-use crate::meta::Kind;
+use crate::meta::{Inode, Kind};
 use crate::progress::Progress;
 use crate::testing::MemGrid;
 use crate::tree::{self, FetchTreeError, TreeCipher, TreeNode, TreeV1};
@@ -306,15 +311,19 @@ pub async fn restore(
         sum.fetched_bytes += fetched;
         sum.warnings += warnings;
     }
-    write::remove_marker(dest)?;
     // Directory attributes last, deepest first: writing into a directory changes its mtime.
-    for (idx, path) in dirs.iter().rev() {
-        let inode = tree.nodes[*idx].inode.clone();
-        let p = path.clone();
-        sum.warnings += tokio::task::spawn_blocking(move || write::set_attrs(&p, &inode))
-            .await
-            .map_err(|e| RestoreError::Internal(format!("attribute task: {e}")))??;
-    }
+    let dir_attrs: Vec<(Inode, PathBuf)> = dirs
+        .iter()
+        .rev()
+        .map(|(idx, path)| (tree.nodes[*idx].inode.clone(), path.clone()))
+        .collect();
+    let top_is_dest = tree.nodes[selected].inode.kind == Kind::Dir;
+    let dest_owned = dest.to_path_buf();
+    sum.warnings += tokio::task::spawn_blocking(move || {
+        write::finish_dirs(&dest_owned, &dir_attrs, top_is_dest)
+    })
+    .await
+    .map_err(|e| RestoreError::Internal(format!("attribute task: {e}")))??;
     sum.seconds = started.elapsed().as_secs_f64();
     info!(snapshot = %name, files = sum.files, bytes = sum.bytes, fetched = sum.fetched_bytes,
         skipped = sum.skipped_existing, seconds = sum.seconds, "restore complete");

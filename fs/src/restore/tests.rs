@@ -329,3 +329,53 @@ fn batches_respect_the_cap_and_take_at_least_one_chunk() {
     assert_eq!(parse_spec("s").unwrap(), ("s".to_string(), vec![]));
     assert!(parse_spec("/x").is_err());
 }
+
+/// Bug: the resume marker was removed before the directories got their attributes, so a
+/// restore killed in that last phase left no marker and its rerun was refused as "not
+/// empty". A failure while setting a directory's attributes must leave the marker.
+#[test]
+fn marker_stays_until_every_directory_has_its_attributes() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("dst");
+    std::fs::create_dir_all(dest.join("a")).unwrap();
+    std::fs::write(dest.join(MARKER), "snapshot=s\npath=\n").unwrap();
+    let inode = |mtime_secs| {
+        let t = crate::meta::Time {
+            secs: mtime_secs,
+            nanos: 7,
+        };
+        crate::meta::Inode {
+            kind: Kind::Dir,
+            perm: 0o755,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            nlink: 2,
+            parent: 0,
+            snapshot: 0,
+            symlink: None,
+            xattrs: BTreeMap::new(),
+            provisional: false,
+        }
+    };
+    // "a/gone" vanished: setting its attributes fails, and the marker must stay.
+    let dirs = vec![
+        (inode(1_000), dest.join("a/gone")),
+        (inode(2_000), dest.join("a")),
+        (inode(3_000), dest.clone()),
+    ];
+    assert!(write::finish_dirs(&dest, &dirs, true).is_err());
+    assert!(dest.join(MARKER).exists(), "marker removed before the end");
+
+    // Once every directory can be done, the marker goes and DEST keeps its own mtime.
+    let r = write::finish_dirs(&dest, &dirs[1..], true).unwrap();
+    assert_eq!(r, 0);
+    assert!(!dest.join(MARKER).exists());
+    let m = std::fs::metadata(&dest).unwrap();
+    assert_eq!((m.mtime(), m.mtime_nsec()), (3_000, 7));
+    let m = std::fs::metadata(dest.join("a")).unwrap();
+    assert_eq!((m.mtime(), m.mtime_nsec()), (2_000, 7));
+}
