@@ -58,6 +58,14 @@ const ORDER_EXPIRY_MARGIN_MS: u64 = 5_000;
 pub const DEFAULT_FETCH_CONCURRENCY: usize = 8;
 /// Decode attempts per chunk: the first k packets, then leave-one-out subsets.
 const MAX_DECODE_ATTEMPTS: usize = 8;
+/// A parity packet ranks as if its holder took this many times as long as measured. The k
+/// data packets of a chunk only need to be put side by side, while any parity packet means a
+/// Reed-Solomon reconstruction whose fixed cost (a few hundred µs of CPU on a busy host,
+/// whatever the chunk's size) is most of the work for a small chunk. Latencies of one node
+/// vary by about this factor from request to request on a busy host (the hedge delay is
+/// twice the estimate for the same reason), so between holders within it the data packet
+/// wins; a holder more than twice as fast still comes first with a parity packet.
+const PARITY_PENALTY_FACTOR: u32 = 2;
 
 struct Cached {
     loc: Arc<ChunkLocation>,
@@ -147,6 +155,15 @@ impl Reader {
             .buffered(self.fetch_concurrency)
             .collect()
             .await
+    }
+
+    /// Locate `ids` that are not cached yet, in one round trip per
+    /// [`MAX_BATCH_CHUNKS`](gridback_proto::coord_api::MAX_BATCH_CHUNKS), and cache the
+    /// answers. Best effort: a failure is logged, and each later read locates what it misses.
+    pub async fn prefetch_locations(&self, ids: &[ChunkId]) {
+        if let Err(e) = self.locations(ids, false).await {
+            debug!(chunks = ids.len(), error = %e, "location prefetch failed");
+        }
     }
 
     async fn read_located(
@@ -440,10 +457,12 @@ fn wrong_packets(
 }
 
 /// A chunk's holders in the order to ask them: nodes the coordinator considers up first;
-/// among those, nodes caught serving wrong bytes lately last; then nodes never measured, nearest to `origin` (this client) first, so a new
-/// client starts from its neighbours and still learns every node (ties, or no `origin`, in
-/// random order, which spreads the first requests); then by latency estimate, fastest
-/// first: once a node is measured, its latency ranks it whatever its distance.
+/// among those, nodes caught serving wrong bytes lately last; then nodes never measured,
+/// nearest to `origin` (this client) first, so a new client starts from its neighbours and
+/// still learns every node (ties: data packets first, then random order, which spreads the
+/// first requests); then by latency estimate, fastest first, a parity packet counting
+/// [`PARITY_PENALTY_FACTOR`] times slower: once a node is measured, its latency ranks it
+/// whatever its distance.
 fn order_holders<'a>(
     loc: &'a ChunkLocation,
     latency: &NodeLatency,
@@ -463,17 +482,28 @@ fn order_holders<'a>(
         })
         .collect();
     shuffle(&mut v);
+    let parity = |p: &LocatedPacket| p.index >= loc.k;
+    let cost = |p: &LocatedPacket, e: Option<Duration>| {
+        e.map(|e| {
+            if parity(p) {
+                e * PARITY_PENALTY_FACTOR
+            } else {
+                e
+            }
+        })
+    };
     // Stable: equal keys keep their shuffled order.
     v.sort_by(|(a, ea, na, da), (b, eb, nb, db)| {
         (!a.node_up)
             .cmp(&!b.node_up)
             .then(da.cmp(db))
             .then(ea.is_some().cmp(&eb.is_some()))
-            .then(ea.cmp(eb))
+            .then(cost(a, *ea).cmp(&cost(b, *eb)))
             .then_with(|| match (ea, na, nb) {
                 (None, Some(na), Some(nb)) => na.cmp(nb),
                 _ => std::cmp::Ordering::Equal,
             })
+            .then(parity(a).cmp(&parity(b)))
     });
     v.into_iter().map(|(p, ..)| p).collect()
 }
@@ -617,6 +647,26 @@ mod tests {
     }
 
     #[test]
+    fn data_packets_win_over_parity_packets_that_are_barely_faster() {
+        let loc = located(&["a/b/c"; 6], 9);
+        let latency = NodeLatency::default();
+        // Unmeasured: the four data packets first (in any order), then parity.
+        let order = indices(&order_holders(&loc, &latency, None));
+        let mut first: Vec<u8> = order[..4].to_vec();
+        first.sort_unstable();
+        assert_eq!(first, [0, 1, 2, 3], "{order:?}");
+        // Measured: data holders at 5 ms; parity 4 at 4 ms (not twice as fast) goes after
+        // them, parity 5 at 2.4 ms (more than twice as fast) before them.
+        for i in 0..4 {
+            latency.record(node(i), Duration::from_millis(5));
+        }
+        latency.record(node(4), Duration::from_millis(4));
+        latency.record(node(5), Duration::from_micros(2_400));
+        let order = indices(&order_holders(&loc, &latency, None));
+        assert_eq!((order[0], order[5]), (5, 4), "{order:?}");
+    }
+
+    #[test]
     fn wrong_packets_names_exactly_the_packets_that_lie() {
         let params = ErasureParams::new(4, 2, 1000).unwrap();
         let blob: Vec<u8> = (0..4000u32).map(|i| (i * 7 % 251) as u8).collect();
@@ -660,10 +710,14 @@ mod tests {
             let order = indices(&order_holders(&loc, &latency, Some(&me)));
             assert_eq!(order, [1, 2, 0, 4, 3, 5]);
         }
-        // Once measured, latency ranks a far node ahead of a near slow one.
-        latency.record(node(0), Duration::from_millis(20));
+        // Once measured, latency ranks a far node ahead of a near slow one (and parity 4
+        // counts twice its 10 ms).
+        latency.record(node(0), Duration::from_millis(25));
         let order = indices(&order_holders(&loc, &latency, Some(&me)));
         assert_eq!(order, [1, 2, 4, 0, 3, 5]);
+        latency.record(node(0), Duration::from_millis(1));
+        let order = indices(&order_holders(&loc, &latency, Some(&me)));
+        assert_eq!(order, [1, 2, 0, 4, 3, 5]);
         // Ties in distance stay random: both same-zone nodes come first, in either order.
         let twins = located(&["eu/par/a", "us/nyc/b", "eu/par/c"], 9);
         let seen: HashSet<Vec<u8>> = (0..64)
