@@ -282,10 +282,12 @@ fn files_in_place(dir: &Path) -> usize {
         let name = e.file_name().to_string_lossy().into_owned();
         match e.file_type() {
             Ok(t) if t.is_dir() => n += files_in_place(&e.path()),
-            Ok(t) if t.is_file() => {
-                if !name.contains(".gridback-partial") && name != ".gridback-restore" {
-                    n += 1;
-                }
+            Ok(t)
+                if t.is_file()
+                    && !name.contains(".gridback-partial")
+                    && name != ".gridback-restore" =>
+            {
+                n += 1
             }
             _ => {}
         }
