@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use gridback_proto::ClientId;
 use gridback_proto::coord_api::{ClientWelcome, SnapshotInfo, SnapshotRecord, TreeChunk};
 use gridback_proto::subscription::{ClientTerms, SubscriptionState};
 use gridback_proto::transport::{CallError, ConnPool, EndpointError, client_endpoint};
+use gridback_proto::{ChunkId, ClientId};
 use tracing::info;
 
 use crate::config::{ClientConfig, ConfigError};
@@ -235,6 +235,12 @@ impl GridClient {
     /// Fetch several chunks at once (readahead, restore); results in the order asked.
     pub async fn read_chunks(&self, chunks: &[ChunkRef]) -> Vec<Result<Arc<Vec<u8>>, GridError>> {
         self.inner.reader.read_chunks(chunks).await
+    }
+
+    /// Look up the locations of `ids` not cached yet, in as few round trips as possible, so
+    /// that reading them soon after needs none (restore, ahead of many small files).
+    pub async fn prefetch_locations(&self, ids: &[ChunkId]) {
+        self.inner.reader.prefetch_locations(ids).await
     }
 
     /// Close every connection (the client stays usable: calls re-dial).

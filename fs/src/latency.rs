@@ -1,12 +1,13 @@
 //! `NodeLatency`: a per-node estimate of how long a packet get takes (an exponentially
 //! weighted moving average of successful gets), used by the read path to ask the fastest
-//! holders first and to decide when to hedge a slow request; and [`Nearness`], how the read
-//! path ranks holders it has not measured yet (nearest to the client first).
+//! holders first and to decide when to hedge a slow request, and the nodes caught serving
+//! wrong bytes, asked last for a while; and [`Nearness`], how the read path ranks holders it
+//! has not measured yet (nearest to the client first).
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use gridback_proto::{Location, NodeId};
 
@@ -25,10 +26,18 @@ pub const INITIAL_HEDGE_DELAY: Duration = Duration::from_millis(200);
 /// that failed sorts behind every node that answers.
 const FAILURE_PENALTY: Duration = Duration::from_secs(2);
 
-/// Per-node latency estimates, shared by every read of one client.
+/// How long a node that served wrong bytes under a valid checksum (caught only by the chunk
+/// identifier check, see `fs::reader`) is asked after every other up holder. Such a node
+/// answers fast, so its latency alone would keep it first; a lie is not a slow answer but a
+/// sign of a broken or hostile node, which an operator should look at within minutes.
+pub const DISTRUST_FOR: Duration = Duration::from_secs(600);
+
+/// Per-node latency estimates, shared by every read of one client; also which nodes served
+/// wrong bytes lately (see [`NodeLatency::record_wrong_bytes`]).
 #[derive(Debug, Default)]
 pub struct NodeLatency {
     ewma: Mutex<HashMap<NodeId, f64>>,
+    distrusted_until: Mutex<HashMap<NodeId, Instant>>,
 }
 
 impl NodeLatency {
@@ -53,6 +62,32 @@ impl NodeLatency {
     /// until it answers well again.
     pub fn record_failure(&self, node: NodeId) {
         self.record(node, FAILURE_PENALTY);
+    }
+
+    /// Record that `node` served a packet whose bytes were wrong although its checksum
+    /// matched: for [`DISTRUST_FOR`] it is asked only after every other up holder.
+    pub fn record_wrong_bytes(&self, node: NodeId) {
+        let mut m = self
+            .distrusted_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        m.insert(node, Instant::now() + DISTRUST_FOR);
+    }
+
+    /// Whether `node` served wrong bytes within the last [`DISTRUST_FOR`].
+    pub fn is_distrusted(&self, node: NodeId) -> bool {
+        let mut m = self
+            .distrusted_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match m.get(&node) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                m.remove(&node);
+                false
+            }
+            None => false,
+        }
     }
 
     /// The estimate for `node`, if it ever answered.
@@ -173,5 +208,21 @@ mod tests {
         l.record_failure(b);
         assert!(l.estimate(b).unwrap() > l.estimate(a).unwrap());
         assert_eq!(l.hedge_delay(b), MAX_HEDGE_DELAY);
+    }
+
+    #[test]
+    fn a_node_that_served_wrong_bytes_is_distrusted() {
+        let l = NodeLatency::default();
+        let (a, b) = (NodeId([1; 16]), NodeId([2; 16]));
+        l.record(a, Duration::from_millis(1));
+        assert!(!l.is_distrusted(a));
+        l.record_wrong_bytes(a);
+        assert!(l.is_distrusted(a));
+        assert!(!l.is_distrusted(b));
+        // Answering fast again does not lift the distrust.
+        for _ in 0..20 {
+            l.record(a, Duration::from_millis(1));
+        }
+        assert!(l.is_distrusted(a));
     }
 }

@@ -13,6 +13,17 @@
 //! once by the next holder. The first k verified packets win; the requests still in flight
 //! are cancelled, and their waiting time so far is recorded as a lower bound of their
 //! node's latency, so a stalled node sorts last for the next chunks.
+//!
+//! **Lying nodes.** A node verifies its own checksum before it serves a packet (bit rot is
+//! refused there, as `Corrupt`). A node that serves other bytes than it acknowledged at
+//! commit, under a checksum of its own that matches them, is caught here against the checksum
+//! the coordinator recorded at commit: the warning names the chunk, the node and the packet,
+//! and the node is asked after every other up holder for
+//! [`DISTRUST_FOR`](crate::latency::DISTRUST_FOR). Should wrong bytes ever get past that too
+//! (a wrong record), the decoded chunk's identifier check catches them: one more holder is
+//! asked and subsets that leave one packet out are decoded; once one verifies, the chunk is
+//! encoded again and every packet received compared with the right one, and each node that
+//! served wrong bytes is named and distrusted the same way.
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
@@ -23,7 +34,7 @@ use std::collections::HashMap;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use gridback_proto::coord_api::{ChunkLocation, LocatedPacket};
-use gridback_proto::{ChunkId, Location, NodeId, now_unix_ms};
+use gridback_proto::{ChunkId, Location, NodeId, PacketName, now_unix_ms};
 use lru::LruCache;
 use tracing::{Instrument, debug, debug_span, warn};
 
@@ -47,6 +58,14 @@ const ORDER_EXPIRY_MARGIN_MS: u64 = 5_000;
 pub const DEFAULT_FETCH_CONCURRENCY: usize = 8;
 /// Decode attempts per chunk: the first k packets, then leave-one-out subsets.
 const MAX_DECODE_ATTEMPTS: usize = 8;
+/// A parity packet ranks as if its holder took this many times as long as measured. The k
+/// data packets of a chunk only need to be put side by side, while any parity packet means a
+/// Reed-Solomon reconstruction whose fixed cost (a few hundred µs of CPU on a busy host,
+/// whatever the chunk's size) is most of the work for a small chunk. Latencies of one node
+/// vary by about this factor from request to request on a busy host (the hedge delay is
+/// twice the estimate for the same reason), so between holders within it the data packet
+/// wins; a holder more than twice as fast still comes first with a parity packet.
+const PARITY_PENALTY_FACTOR: u32 = 2;
 
 struct Cached {
     loc: Arc<ChunkLocation>,
@@ -136,6 +155,15 @@ impl Reader {
             .buffered(self.fetch_concurrency)
             .collect()
             .await
+    }
+
+    /// Locate `ids` that are not cached yet, in one round trip per
+    /// [`MAX_BATCH_CHUNKS`](gridback_proto::coord_api::MAX_BATCH_CHUNKS), and cache the
+    /// answers. Best effort: a failure is logged, and each later read locates what it misses.
+    pub async fn prefetch_locations(&self, ids: &[ChunkId]) {
+        if let Err(e) = self.locations(ids, false).await {
+            debug!(chunks = ids.len(), error = %e, "location prefetch failed");
+        }
     }
 
     async fn read_located(
@@ -230,6 +258,8 @@ impl Reader {
         let mut inflight = FuturesUnordered::new();
         // Requests in flight: node and start, by launch number.
         let mut pending: HashMap<usize, (NodeId, Instant)> = HashMap::new();
+        // Where each request went (node, packet), by launch number.
+        let mut sources: Vec<(NodeId, PacketName)> = Vec::new();
         let mut launched = 0usize;
         let shard_bytes = params.shard_bytes();
         // Ask holder `p`, remembering when (a macro: a closure cannot return the borrow).
@@ -237,6 +267,7 @@ impl Reader {
             ($p:expr) => {{
                 let (p, n) = ($p, launched);
                 pending.insert(n, (p.node, Instant::now()));
+                sources.push((p.node, p.order.order.packet));
                 launched += 1;
                 inflight.push(self.get_packet(n, id, p, shard_bytes));
             }};
@@ -245,6 +276,8 @@ impl Reader {
             launch!(p);
         }
         let mut got: Vec<(u8, Arc<Vec<u8>>)> = Vec::new();
+        // Launch number of each packet in `got`.
+        let mut got_from: Vec<usize> = Vec::new();
         let mut failures: Vec<String> = Vec::new();
         let mut attempts = 0;
         let hedge = tokio::time::sleep(hedge_delay(&pending, &latency));
@@ -273,7 +306,10 @@ impl Reader {
             };
             pending.remove(&n);
             match res {
-                Ok(p) => got.push(p),
+                Ok(p) => {
+                    got.push(p);
+                    got_from.push(n);
+                }
                 Err(msg) => {
                     // Fall back to the next candidate (parity, or packets on down nodes).
                     failures.push(msg);
@@ -292,8 +328,21 @@ impl Reader {
                     break;
                 }
                 attempts += 1;
-                match self.decode(chunk, params, subset).await {
-                    Ok(data) => {
+                // After a failed attempt, find out which packets were wrong.
+                let check = if attempts > 1 {
+                    got.clone()
+                } else {
+                    Vec::new()
+                };
+                match self.decode(chunk, params, subset, check).await {
+                    Ok((data, wrong)) => {
+                        for at in wrong {
+                            let (node, packet) = sources[got_from[at]];
+                            warn!(chunk = %id, node = %node, packet = %packet, index = got[at].0,
+                                "node served wrong bytes under a valid checksum (caught by the \
+                                chunk id check); asking it last for a while");
+                            latency.record_wrong_bytes(node);
+                        }
                         // The rest are cancelled (dropped with `inflight`); what they have
                         // waited so far is a lower bound of their latency.
                         for (node, at) in pending.values() {
@@ -343,8 +392,12 @@ impl Reader {
                 e,
                 TransferError::Checksum { .. } | TransferError::Size { .. }
             ) {
+                // The node's own checksum passed (else it refuses to serve), so it holds
+                // bytes other than those it acknowledged at commit: it lies.
                 warn!(chunk = %id, node = %p.node, packet = %packet, index = p.index, error = %e,
-                    "node served a corrupt packet; using another holder");
+                    "node served a corrupt packet; using another holder and asking it last \
+                    for a while");
+                self.nodes.latency().record_wrong_bytes(p.node);
             } else {
                 warn!(chunk = %id, node = %p.node, packet = %packet, index = p.index, error = %e,
                     "packet fetch failed");
@@ -354,57 +407,105 @@ impl Reader {
         (n, r)
     }
 
+    /// Decode and verify `packets`; on success also the positions in `check` of packets
+    /// whose bytes are not what the verified chunk encodes to.
     async fn decode(
         &self,
         chunk: ChunkRef,
         params: ErasureParams,
         packets: Vec<(u8, Arc<Vec<u8>>)>,
-    ) -> Result<Vec<u8>, GridError> {
+        check: Vec<(u8, Arc<Vec<u8>>)>,
+    ) -> Result<(Vec<u8>, Vec<usize>), GridError> {
         let crypto = self.crypto.clone();
         let id = chunk.id;
         tokio::task::spawn_blocking(move || {
             let refs: Vec<(u8, &[u8])> = packets.iter().map(|(i, d)| (*i, d.as_slice())).collect();
             let padded =
                 erasure::decode(params, &refs).map_err(|e| unavailable(id, e.to_string()))?;
-            packet::open_chunk(&crypto, &id, &padded, Some(chunk.len))
-                .map_err(|e| unavailable(id, e.to_string()))
+            let data = packet::open_chunk(&crypto, &id, &padded, Some(chunk.len))
+                .map_err(|e| unavailable(id, e.to_string()))?;
+            let wrong = if check.is_empty() {
+                Vec::new()
+            } else {
+                wrong_packets(params, padded, &check).map_err(|e| unavailable(id, e.to_string()))?
+            };
+            Ok((data, wrong))
         })
         .await
         .map_err(|e| GridError::Internal(format!("decode task: {e}")))?
     }
 }
 
+/// Positions in `packets` of those that differ from what `padded` (a verified chunk's
+/// decoded blob, `k × shard_bytes`) encodes to: the packets a node lied about.
+fn wrong_packets(
+    params: ErasureParams,
+    padded: Vec<u8>,
+    packets: &[(u8, Arc<Vec<u8>>)],
+) -> Result<Vec<usize>, erasure::ErasureError> {
+    let right = erasure::encode_in_place(padded, params)?;
+    Ok(packets
+        .iter()
+        .enumerate()
+        .filter(|(_, (i, d))| {
+            right
+                .packet(usize::from(*i))
+                .is_none_or(|r| r.as_ref() != d.as_slice())
+        })
+        .map(|(at, _)| at)
+        .collect())
+}
+
 /// A chunk's holders in the order to ask them: nodes the coordinator considers up first;
-/// among those, nodes never measured, nearest to `origin` (this client) first, so a new
-/// client starts from its neighbours and still learns every node (ties, or no `origin`, in
-/// random order, which spreads the first requests); then by latency estimate, fastest
-/// first: once a node is measured, its latency ranks it whatever its distance.
+/// among those, nodes caught serving wrong bytes lately last; then nodes never measured,
+/// nearest to `origin` (this client) first, so a new client starts from its neighbours and
+/// still learns every node (ties: data packets first, then random order, which spreads the
+/// first requests); then by latency estimate, fastest first, a parity packet counting
+/// [`PARITY_PENALTY_FACTOR`] times slower: once a node is measured, its latency ranks it
+/// whatever its distance.
 fn order_holders<'a>(
     loc: &'a ChunkLocation,
     latency: &NodeLatency,
     origin: Option<&Location>,
 ) -> Vec<&'a LocatedPacket> {
-    let mut v: Vec<(&LocatedPacket, Option<Duration>, Option<Nearness>)> = loc
+    let mut v: Vec<(&LocatedPacket, Option<Duration>, Option<Nearness>, bool)> = loc
         .packets
         .iter()
         .map(|p| {
             let near = origin.map(|o| Nearness::between(o, &p.location));
-            (p, latency.estimate(p.node), near)
+            (
+                p,
+                latency.estimate(p.node),
+                near,
+                latency.is_distrusted(p.node),
+            )
         })
         .collect();
     shuffle(&mut v);
+    let parity = |p: &LocatedPacket| p.index >= loc.k;
+    let cost = |p: &LocatedPacket, e: Option<Duration>| {
+        e.map(|e| {
+            if parity(p) {
+                e * PARITY_PENALTY_FACTOR
+            } else {
+                e
+            }
+        })
+    };
     // Stable: equal keys keep their shuffled order.
-    v.sort_by(|(a, ea, na), (b, eb, nb)| {
+    v.sort_by(|(a, ea, na, da), (b, eb, nb, db)| {
         (!a.node_up)
             .cmp(&!b.node_up)
+            .then(da.cmp(db))
             .then(ea.is_some().cmp(&eb.is_some()))
-            .then(ea.cmp(eb))
+            .then(cost(a, *ea).cmp(&cost(b, *eb)))
             .then_with(|| match (ea, na, nb) {
                 (None, Some(na), Some(nb)) => na.cmp(nb),
                 _ => std::cmp::Ordering::Equal,
             })
+            .then(parity(a).cmp(&parity(b)))
     });
-    v.into_iter().map(|(p, _, _)| p).collect()
+    v.into_iter().map(|(p, ..)| p).collect()
 }
 
 /// Fisher–Yates with a xorshift generator seeded from the OS: only spreads load, so it need
@@ -538,6 +639,53 @@ mod tests {
         latency.record_straggler(node(1), Duration::from_millis(400));
         let order = indices(&order_holders(&loc, &latency, None));
         assert_eq!(&order[2..], &[2, 0, 1, 5], "{order:?}");
+        // A node that served wrong bytes comes after every up node, fast as it may be.
+        latency.record(node(2), Duration::from_micros(1));
+        latency.record_wrong_bytes(node(3));
+        let order = indices(&order_holders(&loc, &latency, None));
+        assert_eq!(order, [4, 2, 0, 1, 3, 5], "{order:?}");
+    }
+
+    #[test]
+    fn data_packets_win_over_parity_packets_that_are_barely_faster() {
+        let loc = located(&["a/b/c"; 6], 9);
+        let latency = NodeLatency::default();
+        // Unmeasured: the four data packets first (in any order), then parity.
+        let order = indices(&order_holders(&loc, &latency, None));
+        let mut first: Vec<u8> = order[..4].to_vec();
+        first.sort_unstable();
+        assert_eq!(first, [0, 1, 2, 3], "{order:?}");
+        // Measured: data holders at 5 ms; parity 4 at 4 ms (not twice as fast) goes after
+        // them, parity 5 at 2.4 ms (more than twice as fast) before them.
+        for i in 0..4 {
+            latency.record(node(i), Duration::from_millis(5));
+        }
+        latency.record(node(4), Duration::from_millis(4));
+        latency.record(node(5), Duration::from_micros(2_400));
+        let order = indices(&order_holders(&loc, &latency, None));
+        assert_eq!((order[0], order[5]), (5, 4), "{order:?}");
+    }
+
+    #[test]
+    fn wrong_packets_names_exactly_the_packets_that_lie() {
+        let params = ErasureParams::new(4, 2, 1000).unwrap();
+        let blob: Vec<u8> = (0..4000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let right: Vec<Arc<Vec<u8>>> = erasure::encode(&blob, params)
+            .unwrap()
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        let mut lie = right[1].as_ref().clone();
+        lie[10] ^= 1;
+        let got = vec![
+            (0, right[0].clone()),
+            (1, Arc::new(lie)),
+            (2, right[2].clone()),
+            (5, right[5].clone()),
+            (4, right[4].clone()),
+        ];
+        assert_eq!(wrong_packets(params, blob.clone(), &got).unwrap(), vec![1]);
+        assert!(wrong_packets(params, blob, &got[2..]).unwrap().is_empty());
     }
 
     #[test]
@@ -562,10 +710,14 @@ mod tests {
             let order = indices(&order_holders(&loc, &latency, Some(&me)));
             assert_eq!(order, [1, 2, 0, 4, 3, 5]);
         }
-        // Once measured, latency ranks a far node ahead of a near slow one.
-        latency.record(node(0), Duration::from_millis(20));
+        // Once measured, latency ranks a far node ahead of a near slow one (and parity 4
+        // counts twice its 10 ms).
+        latency.record(node(0), Duration::from_millis(25));
         let order = indices(&order_holders(&loc, &latency, Some(&me)));
         assert_eq!(order, [1, 2, 4, 0, 3, 5]);
+        latency.record(node(0), Duration::from_millis(1));
+        let order = indices(&order_holders(&loc, &latency, Some(&me)));
+        assert_eq!(order, [1, 2, 0, 4, 3, 5]);
         // Ties in distance stay random: both same-zone nodes come first, in either order.
         let twins = located(&["eu/par/a", "us/nyc/b", "eu/par/c"], 9);
         let seen: HashSet<Vec<u8>> = (0..64)

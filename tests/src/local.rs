@@ -115,12 +115,14 @@ impl LocalGridProcess {
 
     /// Run `gridback ARGS… --config DIR/client.toml`.
     pub fn gridback(&self, args: &[&str]) -> Output {
-        Command::new(gridback_bin())
-            .args(args)
-            .arg("--config")
-            .arg(&self.config)
-            .output()
-            .expect("run gridback")
+        self.command(args).output().expect("run gridback")
+    }
+
+    /// `gridback ARGS… --config DIR/client.toml`, not started yet (to spawn and kill it).
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(gridback_bin());
+        c.args(args).arg("--config").arg(&self.config);
+        c
     }
 
     /// `gridback admin ARGS… --config DIR/admin.toml`, not started (for commands that keep

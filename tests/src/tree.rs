@@ -1,6 +1,7 @@
 //! Directory trees for tests: generated with awkward names, compared byte for byte.
 
 use std::collections::BTreeMap;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
@@ -189,6 +190,183 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
     }
 }
 
+/// Whether [`assert_same_tree_and_attrs`] compares the access times of regular files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Atime {
+    /// Compare them: the source's atimes must not move while the test reads it (see
+    /// [`pin_atimes`]).
+    Compare,
+    /// Leave them out.
+    Ignore,
+}
+
+/// Everything a faithful copy keeps of an entry, for [`assert_same_tree_and_attrs`]: what
+/// [`Entry`] holds plus owner, the entry's own mtime (`lstat`: a directory's or a symlink's
+/// too), its `user.*` xattrs and, when asked, a regular file's atime.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Attrs {
+    /// Kind, mode, size, content or target.
+    pub entry: Entry,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Modification time in ns since the epoch (of the entry itself, never followed).
+    pub mtime_ns: i128,
+    /// Access time in ns of a regular file, with [`Atime::Compare`].
+    pub atime_ns: Option<i128>,
+    /// `user.*` extended attributes.
+    pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+fn ns(secs: i64, nsec: i64) -> i128 {
+    i128::from(secs) * 1_000_000_000 + i128::from(nsec)
+}
+
+/// The `user.*` xattrs of `path` (not following a symlink); none when the filesystem has
+/// no xattrs.
+pub fn user_xattrs(path: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let Ok(n) = rustix::fs::llistxattr_query(path) else {
+        return out;
+    };
+    let mut names = vec![0u8; n];
+    let n = rustix::fs::llistxattr(path, &mut names[..]).unwrap();
+    for name in names[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        if !name.starts_with(b"user.") {
+            continue;
+        }
+        let key = std::ffi::OsStr::from_bytes(name);
+        let len = rustix::fs::lgetxattr_query(path, key).unwrap();
+        let mut v = vec![0u8; len];
+        let len = rustix::fs::lgetxattr(path, key, &mut v[..]).unwrap();
+        v.truncate(len);
+        out.insert(name.to_vec(), v);
+    }
+    out
+}
+
+/// Walk a tree into relative path → [`Attrs`]; the root itself is the empty path. Each
+/// entry is `lstat`ed before its content is read, so reading does not move the atime seen.
+pub fn attrs_of(root: &Path, atime: Atime) -> BTreeMap<PathBuf, Attrs> {
+    let mut out = BTreeMap::new();
+    let root_meta = std::fs::symlink_metadata(root).unwrap();
+    for (rel, m) in std::iter::once((PathBuf::new(), root_meta)).chain(metas(root)) {
+        let p = root.join(&rel);
+        let entry = if m.file_type().is_symlink() {
+            Entry::Symlink {
+                target: std::fs::read_link(&p).unwrap(),
+            }
+        } else if m.is_dir() {
+            Entry::Dir {
+                mode: m.mode() & 0o7777,
+            }
+        } else {
+            Entry::File {
+                mode: m.mode() & 0o7777,
+                size: m.len(),
+                mtime: m.mtime(),
+                mtime_nsec: m.mtime_nsec(),
+                hash: hash_path(&p),
+            }
+        };
+        let atime_ns =
+            (atime == Atime::Compare && m.is_file()).then(|| ns(m.atime(), m.atime_nsec()));
+        out.insert(
+            rel,
+            Attrs {
+                entry,
+                uid: m.uid(),
+                gid: m.gid(),
+                mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+                atime_ns,
+                xattrs: user_xattrs(&p),
+            },
+        );
+    }
+    out
+}
+
+/// `lstat` of every entry under `root` (relative paths, depth first), before any content
+/// is read.
+fn metas(root: &Path) -> Vec<(PathBuf, std::fs::Metadata)> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, std::fs::Metadata)>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let is_dir = m.is_dir();
+            out.push((p.strip_prefix(root).unwrap().to_path_buf(), m));
+            if is_dir {
+                walk(root, &p, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn hash_path(p: &Path) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update_reader(std::fs::File::open(p).unwrap()).unwrap();
+    h.finalize().to_hex().to_string()
+}
+
+/// Assert two trees are identical in names, kinds, bytes, link targets, modes, owners,
+/// mtimes of every entry (directories and symlinks included, the roots too), `user.*`
+/// xattrs, and with [`Atime::Compare`] the atimes of regular files; names the first
+/// difference. What `gridback restore` and `cp -a` (as root) must both keep.
+pub fn assert_same_tree_and_attrs(a: &Path, b: &Path, atime: Atime) {
+    let ta = attrs_of(a, atime);
+    let tb = attrs_of(b, atime);
+    for (k, va) in &ta {
+        match tb.get(k) {
+            None => panic!("{} is missing from {}", k.display(), b.display()),
+            Some(vb) => assert_eq!(
+                va,
+                vb,
+                "{:?} differs ({} vs {})",
+                k,
+                a.display(),
+                b.display()
+            ),
+        }
+    }
+    for k in tb.keys() {
+        assert!(
+            ta.contains_key(k),
+            "{} is extra in {}",
+            k.display(),
+            b.display()
+        );
+    }
+}
+
+/// Give every regular file under `root` an atime an hour ahead, with nanoseconds, so that
+/// reading it does not move it (`relatime` updates an atime only when it is not after the
+/// mtime and the ctime, or is a day old) and atimes can be compared after copies.
+pub fn pin_atimes(root: &Path) {
+    let ahead = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        + 3600;
+    for (i, (rel, m)) in metas(root).into_iter().enumerate() {
+        if !m.is_file() {
+            continue;
+        }
+        let atime = nix::sys::time::TimeSpec::new(ahead + i as i64, 123_456_789);
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            &root.join(rel),
+            &atime,
+            &nix::sys::time::TimeSpec::UTIME_OMIT,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+    }
+}
+
 /// Whether any file under `dir` contains `needle` (in its bytes) or has it in its path.
 pub fn tree_contains(dir: &Path, needle: &[u8]) -> Option<PathBuf> {
     for e in walkdir(dir) {
@@ -261,5 +439,89 @@ pub fn assert_same_content(a: &Path, b: &Path) {
             k.display(),
             b.display()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::stat::{UtimensatFlags, utimensat};
+    use nix::sys::time::TimeSpec;
+
+    fn set_times(p: &Path, atime: TimeSpec, mtime: TimeSpec) {
+        utimensat(
+            nix::fcntl::AT_FDCWD,
+            p,
+            &atime,
+            &mtime,
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+    }
+
+    fn mtime_of(p: &Path) -> TimeSpec {
+        let m = std::fs::symlink_metadata(p).unwrap();
+        TimeSpec::new(m.mtime(), m.mtime_nsec())
+    }
+
+    /// The strict comparison sees every attribute it claims to compare.
+    #[test]
+    fn strict_comparison_catches_each_attribute() {
+        let work = tempfile::tempdir().unwrap();
+        let (a, b) = (work.path().join("a"), work.path().join("b"));
+        std::fs::create_dir(&a).unwrap();
+        make_tree(&a, 3, 1000);
+        pin_atimes(&a);
+        let fresh_copy = || {
+            let _ = std::fs::remove_dir_all(&b);
+            std::fs::create_dir(&b).unwrap();
+            crate::local::cp_a(&a, &b);
+        };
+        let differs = |atime| {
+            let (a, b) = (a.clone(), b.clone());
+            std::panic::catch_unwind(move || assert_same_tree_and_attrs(&a, &b, atime)).is_err()
+        };
+        let at = |p: &str| b.join(p);
+        let omit = TimeSpec::UTIME_OMIT;
+        let old = TimeSpec::new(1_000, 1);
+
+        fresh_copy();
+        assert!(!differs(Atime::Compare), "cp -a keeps everything compared");
+        // A directory's mtime, the root's mtime, a symlink's own mtime.
+        set_times(&at("docs/deep"), omit, old);
+        assert!(differs(Atime::Ignore), "directory mtime");
+        fresh_copy();
+        set_times(&b, omit, old);
+        assert!(differs(Atime::Ignore), "root mtime");
+        fresh_copy();
+        set_times(&at("dangling"), omit, old);
+        assert!(differs(Atime::Ignore), "symlink mtime");
+        // A file's atime: only with Atime::Compare.
+        fresh_copy();
+        set_times(&at("docs/readme.txt"), old, omit);
+        assert!(differs(Atime::Compare), "file atime");
+        assert!(!differs(Atime::Ignore), "atime ignored");
+        // An xattr on a directory.
+        fresh_copy();
+        if rustix::fs::setxattr(at("docs"), "user.x", b"1", rustix::fs::XattrFlags::empty()).is_ok()
+        {
+            assert!(differs(Atime::Ignore), "directory xattr");
+        }
+        // Owners (root only).
+        if rustix::process::geteuid().is_root() {
+            fresh_copy();
+            std::os::unix::fs::lchown(at("link to readme"), Some(7), None).unwrap();
+            assert!(differs(Atime::Ignore), "symlink owner");
+            fresh_copy();
+            std::os::unix::fs::lchown(at("empty dir"), None, Some(7)).unwrap();
+            assert!(differs(Atime::Ignore), "directory group");
+        }
+        // A symlink's target, all its times and its directory's kept.
+        fresh_copy();
+        std::fs::remove_file(at("dangling")).unwrap();
+        symlink("/elsewhere", at("dangling")).unwrap();
+        set_times(&at("dangling"), omit, mtime_of(&a.join("dangling")));
+        set_times(&b, omit, mtime_of(&a));
+        assert!(differs(Atime::Ignore), "symlink target");
     }
 }

@@ -1,7 +1,8 @@
 //! Nodes that serve bad packets (issue 3, bad input): one node lies consistently (wrong bytes
-//! under a valid packet checksum, so only the chunk identifier check can catch it), another
-//! has bit rot (its own checksum catches it). Restore and reads through the mount must still
-//! return every byte, and the client must log what it found.
+//! under a packet checksum of its own that matches them, so the node serves them; the client
+//! catches them against the checksum recorded at commit), another has bit rot (its own
+//! checksum catches it and it refuses to serve). Restore and reads through the mount must still
+//! return every byte, and the client must log what it found, naming both nodes.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step fails the test
 
 use std::io::Write;
@@ -42,6 +43,27 @@ fn damage(path: &Path, fix_checksum: bool) {
     std::fs::write(path, &bytes).unwrap();
 }
 
+/// Whether some line of `log` names `node` (its id) and contains `what`.
+fn names_node(log: &str, node: &str, what: &str) -> bool {
+    log.lines().any(|l| l.contains(node) && l.contains(what))
+}
+
+/// The id of the node labelled `label` (`node-01`…), from `gridback status --json`.
+fn node_id(grid: &LocalGridProcess, label: &str) -> String {
+    let status = grid.status();
+    let node = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["label"] == label)
+        .unwrap_or_else(|| panic!("no node {label} in {status}"));
+    node["id"].as_str().unwrap().to_string()
+}
+
+/// The liar is caught by the client against the checksum recorded at commit ("node served
+/// a corrupt packet"), the rotting node refuses its own packet ("is corrupt"). The test used
+/// to accept any one report of bad packets, so it passed with only one of the two nodes
+/// found; each must now be named by its id in the restore's and the mount's logs.
 #[test]
 fn lying_and_rotting_nodes_are_detected_and_worked_around() {
     if !fuse_available_or_required() {
@@ -68,6 +90,7 @@ fn lying_and_rotting_nodes_are_detected_and_worked_around() {
     );
 
     // node-01 lies (valid checksums over wrong bytes); node-02 rots (checksums fail).
+    let (liar, rotten) = (node_id(&grid, "node-01"), node_id(&grid, "node-02"));
     let lying = packet_files(&data.join("nodes/node-01"));
     let rotting = packet_files(&data.join("nodes/node-02"));
     assert!(
@@ -88,8 +111,12 @@ fn lying_and_rotting_nodes_are_detected_and_worked_around() {
     assert!(out.status.success(), "restore failed: {stderr}");
     assert_eq!(hash_file(&dest.join("f")), want, "restored bytes differ");
     assert!(
-        stderr.contains("failed verification") || stderr.contains("corrupt"),
-        "the restore did not report the bad packets:\n{stderr}"
+        names_node(&stderr, &liar, "node served"),
+        "the restore did not name the lying node {liar}:\n{stderr}"
+    );
+    assert!(
+        names_node(&stderr, &rotten, "is corrupt"),
+        "the restore did not name the rotting node {rotten}:\n{stderr}"
     );
 
     // Reads through the mount after a restart (empty chunk cache) are right too.
@@ -102,8 +129,12 @@ fn lying_and_rotting_nodes_are_detected_and_worked_around() {
     );
     let log = std::fs::read_to_string(data.join("logs/mount.log")).unwrap();
     assert!(
-        log.contains("failed verification") || log.contains("corrupt"),
-        "the mount did not log the bad packets"
+        names_node(&log, &liar, "node served"),
+        "the mount did not name the lying node {liar}"
+    );
+    assert!(
+        names_node(&log, &rotten, "is corrupt"),
+        "the mount did not name the rotting node {rotten}"
     );
     grid.stop();
 }

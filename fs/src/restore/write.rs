@@ -52,13 +52,34 @@ pub(super) fn prepare_dest(
     Ok(resumed)
 }
 
-/// Remove the resume marker: the restore is complete.
-pub(super) fn remove_marker(dest: &Path) -> Result<(), RestoreError> {
+/// The last step of a restore, once every file is in place: set the attributes of `dirs`
+/// (deepest first; DEST last when `top_is_dest`), make everything durable, and only then
+/// remove the resume marker, so that a restore interrupted anywhere before leaves the marker
+/// and can be resumed. Removing the marker changes DEST's mtime, so DEST's times are set
+/// again after it. Returns the number of attributes that could not be set.
+pub(super) fn finish_dirs(
+    dest: &Path,
+    dirs: &[(Inode, PathBuf)],
+    top_is_dest: bool,
+) -> Result<u64, RestoreError> {
+    let mut warnings = 0;
+    for (inode, path) in dirs {
+        warnings += set_attrs(path, inode)?;
+    }
+    // Renames of files into place and the attributes above are not durable yet (each file's
+    // content is): one syncfs covers all of them before the marker goes.
+    let d = File::open(dest).map_err(io_err(dest))?;
+    rustix::fs::syncfs(&d).map_err(|e| io_err(dest)(e.into()))?;
     let marker = dest.join(MARKER);
     match std::fs::remove_file(&marker) {
-        Err(e) if e.kind() != ErrorKind::NotFound => Err(io_err(&marker)(e)),
-        _ => Ok(()),
+        Err(e) if e.kind() != ErrorKind::NotFound => return Err(io_err(&marker)(e)),
+        _ => {}
     }
+    if top_is_dest && let Some((inode, _)) = dirs.iter().find(|(_, p)| p == dest) {
+        set_times(dest, inode)?;
+    }
+    d.sync_all().map_err(io_err(dest))?;
+    Ok(warnings)
 }
 
 /// Make sure `path` is a directory (its attributes are set at the end). When `replace`, a
@@ -194,6 +215,12 @@ pub(super) fn set_attrs(path: &Path, inode: &Inode) -> Result<u64, RestoreError>
         let mode = std::fs::Permissions::from_mode(u32::from(inode.perm));
         std::fs::set_permissions(path, mode).map_err(io_err(path))?;
     }
+    set_times(path, inode)?;
+    Ok(warnings)
+}
+
+/// Set the atime and mtime of `path` (nanoseconds kept), without following a symlink.
+fn set_times(path: &Path, inode: &Inode) -> Result<(), RestoreError> {
     utimensat(
         nix::fcntl::AT_FDCWD,
         path,
@@ -201,6 +228,5 @@ pub(super) fn set_attrs(path: &Path, inode: &Inode) -> Result<u64, RestoreError>
         &spec(inode.mtime),
         UtimensatFlags::NoFollowSymlink,
     )
-    .map_err(|e| io_err(path)(std::io::Error::from(e)))?;
-    Ok(warnings)
+    .map_err(|e| io_err(path)(std::io::Error::from(e)))
 }
