@@ -308,6 +308,33 @@ async fn join_allocate_commit_locate_and_dedup_over_quic() {
         (0, 1, 1)
     );
 
+    // One client storing the same new chunk twice at once (two files with the same content):
+    // the two allocations are one, the first commit releases it, and the second commit is
+    // recorded as a reference instead of being refused. So is a commit sent again after
+    // its answer was lost.
+    let d = ChunkId::random();
+    let first = allocate(&other, &[d]).await.unwrap().chunks.remove(0);
+    let second = allocate(&other, &[d]).await.unwrap().chunks.remove(0);
+    let c1 = commit(&other, "mine", vec![commit_of(&first)], vec![])
+        .await
+        .unwrap();
+    assert_eq!((c1.stored, c1.already_stored), (1, 0));
+    let c2 = commit(&other, "mine", vec![commit_of(&second)], vec![])
+        .await
+        .unwrap();
+    assert_eq!((c2.stored, c2.already_stored), (0, 0), "a reference");
+    let c3 = commit(&other, "mine", vec![commit_of(&first)], vec![])
+        .await
+        .unwrap();
+    assert_eq!((c3.stored, c3.already_stored), (0, 0), "a reference");
+    // Still refused: a chunk nobody stored, committed without an allocation.
+    let mut never = commit_of(&first);
+    never.id = ChunkId::random();
+    assert_eq!(
+        code(commit(&other, "mine", vec![never], vec![]).await),
+        ErrorCode::Unauthorized
+    );
+
     srv.stop().await;
 }
 

@@ -146,6 +146,13 @@ fn backup_then_restore_gives_the_same_tree() {
     let src = work.path().join("src");
     std::fs::create_dir(&src).unwrap();
     make_tree(&src, 11, 24 << 20);
+    // Many files with the same new content, stored at once: one chunk, allocated and
+    // committed by concurrent uploads of the same client.
+    let same = random(&mut Rng::new(0xd0b1_e5), 20_000);
+    std::fs::create_dir(src.join("copies")).unwrap();
+    for i in 0..40 {
+        std::fs::write(src.join(format!("copies/same-{i:02}")), &same).unwrap();
+    }
     std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o750)).unwrap();
     let tagged = src.join("docs/readme.txt");
     let has_xattrs = rustix::fs::setxattr(

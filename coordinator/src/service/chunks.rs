@@ -262,6 +262,48 @@ impl Inner {
         Ok(Replacements { targets })
     }
 
+    /// Chunks of `c` whose allocation is gone because they were committed already, by this
+    /// client's own concurrent upload of the same chunk (two files with the same content
+    /// written at once share one allocation, and the first commit releases it) or by a
+    /// commit retried after a lost answer: they are stored, so they become plain references,
+    /// exactly what a dedup hit would have made them; this upload's packets are surplus.
+    /// A chunk with neither an allocation nor a stored record stays and is refused below.
+    fn settle_committed_elsewhere(
+        &self,
+        client: ClientId,
+        mut c: CommitChunks,
+        now: u64,
+    ) -> Reply<CommitChunks> {
+        let orphans: Vec<ChunkId> = c
+            .chunks
+            .iter()
+            .filter(|x| self.pending.get(client, x.id, now).is_none())
+            .map(|x| x.id)
+            .collect();
+        if orphans.is_empty() {
+            return Ok(c);
+        }
+        let present = self.store.chunks_present(&orphans).map_err(store_err)?;
+        let settled: HashSet<ChunkId> = orphans
+            .iter()
+            .zip(present)
+            .filter_map(|(id, p)| p.then_some(*id))
+            .collect();
+        if !settled.is_empty() {
+            tracing::debug!(
+                chunks = settled.len(),
+                "commit of chunks stored meanwhile: recorded as references"
+            );
+            c.chunks.retain(|x| !settled.contains(&x.id));
+            for id in settled {
+                if !c.refs.contains(&id) {
+                    c.refs.push(id);
+                }
+            }
+        }
+        Ok(c)
+    }
+
     /// Check that every packet of every chunk was allocated to this client.
     fn verify_placements(&self, client: ClientId, c: &CommitChunks, now: u64) -> Reply<()> {
         for chunk in &c.chunks {
@@ -317,6 +359,7 @@ impl Inner {
         let gate = QuotaGate::of(self, client, sub);
         let _held = gate.hold();
         let now = now_unix_ms();
+        let c = self.settle_committed_elsewhere(client, c, now)?;
         self.verify_placements(client, &c, now)?;
         let ids: Vec<ChunkId> = c.chunks.iter().map(|x| x.id).collect();
         let quota = self.commit_quota(client, sub, now);
