@@ -148,7 +148,7 @@ fn backup_then_restore_gives_the_same_tree() {
     make_tree(&src, 11, 24 << 20);
     // Many files with the same new content, stored at once: one chunk, allocated and
     // committed by concurrent uploads of the same client.
-    let same = random(&mut Rng::new(0xd0b1_e5), 20_000);
+    let same = random(&mut Rng::new(0x00d0_b1e5), 20_000);
     std::fs::create_dir(src.join("copies")).unwrap();
     for i in 0..40 {
         std::fs::write(src.join(format!("copies/same-{i:02}")), &same).unwrap();
