@@ -4,7 +4,8 @@
 //! live in a map, snapshots in memory with the same state rules as the coordinator (names
 //! unique, sealed snapshots refuse data). Chunks can be removed or corrupted to test how the
 //! core reports unavailable data; stores can be refused the way the coordinator refuses them
-//! ([`Refusal`]), and terms can be set for statfs.
+//! ([`Refusal`]), and terms can be set for statfs. [`Hooked`] puts a test's own hooks in
+//! front of one.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
@@ -22,6 +23,9 @@ use crate::crypto::ChunkCrypto;
 use crate::grid::{ChunkRef, Grid, GridError, StoredData};
 use crate::keys::ClientKeys;
 use crate::packet;
+
+mod hooks;
+pub use hooks::{GridHooks, Hooked};
 
 #[derive(Default)]
 struct State {

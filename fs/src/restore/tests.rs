@@ -7,7 +7,9 @@ use std::path::Path;
 use super::*;
 use crate::backup::{BackupError, BackupOptions, SMALL_FILE_BYTES, backup};
 use crate::progress::NoProgress;
+use crate::testing::{GridHooks, Hooked};
 use crate::tree::MasterKeyCipher;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 fn none() -> Arc<dyn Progress> {
     Arc::new(NoProgress)
@@ -395,44 +397,13 @@ struct Recording {
     max_inflight_bytes: AtomicU64,
 }
 
-use gridback_proto::coord_api::{SnapshotInfo, SnapshotRecord, TreeChunk};
-use std::sync::atomic::{AtomicU64, Ordering};
-
-impl Grid for Recording {
-    fn store_reader(
-        &self,
-        snapshot: String,
-        reader: Box<dyn std::io::Read + Send>,
-    ) -> BoxFuture<'_, Result<crate::grid::StoredData, GridError>> {
-        self.grid.store_reader(snapshot, reader)
-    }
-    fn read_chunk(&self, chunk: ChunkRef) -> BoxFuture<'_, Result<Arc<Vec<u8>>, GridError>> {
-        self.grid.read_chunk(chunk)
-    }
-    fn snapshot_create(
-        &self,
-        name: String,
-        from: Option<String>,
-    ) -> BoxFuture<'_, Result<SnapshotInfo, GridError>> {
-        self.grid.snapshot_create(name, from)
-    }
-    fn snapshot_list(&self) -> BoxFuture<'_, Result<Vec<SnapshotInfo>, GridError>> {
-        self.grid.snapshot_list()
-    }
-    fn snapshot_seal(
-        &self,
-        name: String,
-        tree: Vec<TreeChunk>,
-        tree_bytes: u64,
-    ) -> BoxFuture<'_, Result<SnapshotInfo, GridError>> {
-        self.grid.snapshot_seal(name, tree, tree_bytes)
-    }
-    fn snapshot_get(&self, name: String) -> BoxFuture<'_, Result<SnapshotRecord, GridError>> {
-        self.grid.snapshot_get(name)
+impl GridHooks for Recording {
+    fn grid(&self) -> &MemGrid {
+        &self.grid
     }
 }
 
-impl ChunkFetch for Recording {
+impl ChunkFetch for Hooked<Recording> {
     fn fetch_chunks<'a>(
         &'a self,
         chunks: &'a [ChunkRef],
@@ -471,7 +442,7 @@ impl ChunkFetch for Recording {
 /// budget however many files run.
 #[tokio::test]
 async fn small_files_go_many_at_once_located_ahead_within_the_byte_budget() {
-    let grid = Recording::default();
+    let grid = Hooked(Recording::default());
     let cipher = MasterKeyCipher::new(grid.grid.keys());
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
