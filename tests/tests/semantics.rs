@@ -556,6 +556,39 @@ fn chmod_and_chown(snap: &Path) {
     assert_eq!(d.metadata().unwrap().mode() & 0o7777, 0o1777, "chmod dir");
 }
 
+/// In a set-group-ID directory, new files, directories and symlinks take the directory's
+/// group, and new directories keep the bit, as on ext4 (the model test found this).
+fn setgid_directory_passes_its_group_and_bit_on(snap: &Path) {
+    let d = snap.join("shared");
+    fs::create_dir(&d).unwrap();
+    std::os::unix::fs::chown(&d, None, Some(4242)).unwrap();
+    fs::set_permissions(&d, fs::Permissions::from_mode(0o2775)).unwrap();
+    write_file(&d.join("file"), b"x");
+    fs::create_dir(d.join("sub")).unwrap();
+    symlink("file", d.join("link")).unwrap();
+    let file = d.join("file").metadata().unwrap();
+    assert_eq!(
+        file.gid(),
+        4242,
+        "a new file takes the setgid directory's group"
+    );
+    assert_eq!(file.mode() & 0o2000, 0, "a new file does not get the bit");
+    let sub = d.join("sub").metadata().unwrap();
+    assert_eq!(sub.gid(), 4242, "a new directory takes the group");
+    assert_eq!(sub.mode() & 0o2000, 0o2000, "a new directory keeps the bit");
+    let link = fs::symlink_metadata(d.join("link")).unwrap();
+    assert_eq!(link.gid(), 4242, "a new symlink takes the group");
+    // Outside such a directory, the creator's group.
+    let plain = snap.join("plain-dir");
+    fs::create_dir(&plain).unwrap();
+    let m = plain.metadata().unwrap();
+    assert_eq!(
+        (m.gid(), m.mode() & 0o2000),
+        (0, 0),
+        "no inheritance elsewhere"
+    );
+}
+
 fn utimens_keeps_nanoseconds(snap: &Path) {
     let p = snap.join("timed");
     write_file(&p, b"x");
@@ -975,6 +1008,7 @@ fn namespace_and_attribute_semantics() {
     symlink_and_readlink(&snap);
     hard_link_is_eperm(&snap);
     chmod_and_chown(&snap);
+    setgid_directory_passes_its_group_and_bit_on(&snap);
     utimens_keeps_nanoseconds(&snap);
     utimens_on_an_open_written_file_survives_close(&snap);
     write_updates_mtime(&snap);

@@ -36,20 +36,36 @@ pub struct Owner {
     pub gid: u32,
 }
 
-fn new_inode(kind: Kind, perm: u16, owner: Owner, parent: u64, snapshot: u64) -> Inode {
+/// The set-group-ID bit on a directory.
+const S_ISGID: u16 = 0o2000;
+
+/// A new inode in directory `dir` (inode `parent`). In a set-group-ID directory, the new
+/// entry takes the directory's group, and a new directory keeps the bit (System V / Linux
+/// semantics, as ext4 and every local filesystem programs know).
+fn new_inode(kind: Kind, perm: u16, owner: Owner, parent: u64, dir: &Inode) -> Inode {
     let now = Time::now();
+    let (gid, perm) = if dir.perm & S_ISGID != 0 {
+        let perm = if kind == Kind::Dir {
+            perm | S_ISGID
+        } else {
+            perm
+        };
+        (dir.gid, perm)
+    } else {
+        (owner.gid, perm)
+    };
     Inode {
         kind,
         perm,
         uid: owner.uid,
-        gid: owner.gid,
+        gid,
         size: 0,
         atime: now,
         mtime: now,
         ctime: now,
         nlink: if kind == Kind::Dir { 2 } else { 1 },
         parent,
-        snapshot,
+        snapshot: dir.snapshot,
         symlink: None,
         xattrs: Default::default(),
         provisional: false,
@@ -171,13 +187,7 @@ impl FsCore {
             return Err(FsError::Exists);
         }
         let ino = tx.alloc_ino()?;
-        let inode = new_inode(
-            Kind::Dir,
-            (mode & 0o7777) as u16,
-            owner,
-            parent,
-            dir.snapshot,
-        );
+        let inode = new_inode(Kind::Dir, (mode & 0o7777) as u16, owner, parent, &dir);
         tx.put_inode(ino, &inode)?;
         tx.put_dirent(parent, name, ino)?;
         dir.nlink += 1;
@@ -208,13 +218,7 @@ impl FsCore {
         let mut dir = self.writable_dir(parent)?;
         let mut tx = self.meta.write()?;
         let ino = tx.alloc_ino()?;
-        let mut inode = new_inode(
-            Kind::File,
-            (mode & 0o7777) as u16,
-            owner,
-            parent,
-            dir.snapshot,
-        );
+        let mut inode = new_inode(Kind::File, (mode & 0o7777) as u16, owner, parent, &dir);
         inode.provisional = true;
         tx.put_inode(ino, &inode)?;
         tx.put_dirent(parent, name, ino)?;
@@ -243,7 +247,7 @@ impl FsCore {
             return Err(FsError::Exists);
         }
         let ino = tx.alloc_ino()?;
-        let mut inode = new_inode(Kind::Symlink, 0o777, owner, parent, dir.snapshot);
+        let mut inode = new_inode(Kind::Symlink, 0o777, owner, parent, &dir);
         inode.size = target.len() as u64;
         inode.symlink = Some(target.to_vec());
         tx.put_inode(ino, &inode)?;
