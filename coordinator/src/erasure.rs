@@ -2,6 +2,12 @@
 //! otherwise the best the grid can do while keeping as much loss tolerance as possible, down to
 //! plain replication (`k = 1`).
 
+/// How many nodes the configured coding wants (one packet per node): with fewer up,
+/// [`choose_erasure`] narrows it.
+pub fn width(default_k: u8, default_m: u8) -> usize {
+    usize::from(default_k.max(1)) + usize::from(default_m)
+}
+
 /// The `(k, m)` for a chunk when `up_nodes` nodes can take packets, or `None` when none can.
 ///
 /// With enough nodes the defaults are used. Otherwise the tolerance `m' = min(m, up - 1)` is
@@ -9,7 +15,7 @@
 /// nodes loses nothing). `k' = 1` means every packet is a full replica.
 pub fn choose_erasure(default_k: u8, default_m: u8, up_nodes: usize) -> Option<(u8, u8)> {
     let k = default_k.max(1);
-    let want = usize::from(k) + usize::from(default_m);
+    let want = width(default_k, default_m);
     if up_nodes == 0 {
         return None;
     }

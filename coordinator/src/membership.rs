@@ -15,12 +15,17 @@ use crate::store::{MetaStore, NewLogEntry, NodeRecord};
 
 /// Liveness of a node at `now_unix_ms`.
 pub(crate) fn node_state(rec: &NodeRecord, now_unix_ms: u64, timeout: Duration) -> NodeState {
-    let age = now_unix_ms.saturating_sub(rec.last_heartbeat_unix_ms);
-    if rec.last_heartbeat_unix_ms == 0 || u128::from(age) > timeout.as_millis() {
-        NodeState::Down
-    } else {
+    if heartbeat_current(rec.last_heartbeat_unix_ms, now_unix_ms, timeout) {
         NodeState::Up
+    } else {
+        NodeState::Down
     }
+}
+
+/// Whether a node whose last heartbeat was at `last_unix_ms` (0: never) counts as up at
+/// `now_unix_ms`: the one liveness rule of the coordinator.
+pub(crate) fn heartbeat_current(last_unix_ms: u64, now_unix_ms: u64, timeout: Duration) -> bool {
+    last_unix_ms != 0 && u128::from(now_unix_ms.saturating_sub(last_unix_ms)) <= timeout.as_millis()
 }
 
 /// Periodically checks liveness and logs nodes that stopped beating.

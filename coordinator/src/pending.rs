@@ -138,6 +138,23 @@ impl PendingAllocations {
             .cloned()
     }
 
+    /// Of `chunks`, those without a live allocation to `client` (one lock, nothing cloned).
+    pub fn missing(
+        &self,
+        client: ClientId,
+        chunks: impl IntoIterator<Item = ChunkId>,
+        now_unix_ms: u64,
+    ) -> Vec<ChunkId> {
+        let map = self.lock();
+        chunks
+            .into_iter()
+            .filter(|c| {
+                map.get(&(client, *c))
+                    .is_none_or(|p| p.expires_unix_ms < now_unix_ms)
+            })
+            .collect()
+    }
+
     /// Forget committed allocations.
     pub fn remove(&self, client: ClientId, chunks: impl IntoIterator<Item = ChunkId>) {
         let mut map = self.lock();

@@ -24,6 +24,20 @@ fn core_over(dir: &std::path::Path, grid: Arc<MemGrid>) -> FsCore {
     FsCore::new(dir, grid, cipher, config).unwrap()
 }
 
+/// A core over a fresh [`MemGrid`] with snapshot `s` open; returns its root inode too (the
+/// temporary directory holds the local metadata: keep it alive).
+async fn open_snapshot() -> (Arc<MemGrid>, tempfile::TempDir, FsCore, u64) {
+    let grid = Arc::new(MemGrid::new());
+    let dir = tempfile::tempdir().unwrap();
+    let core = core_over(dir.path(), grid.clone());
+    let root = core
+        .mkdir(SNAPSHOTS_INO, b"s", 0o755, ROOT_OWNER)
+        .await
+        .unwrap()
+        .ino;
+    (grid, dir, core, root)
+}
+
 async fn write_closed(core: &FsCore, dir: u64, name: &str, data: &[u8]) -> u64 {
     let (attr, fh) = core
         .create(dir, name.as_bytes(), 0o644, ROOT_OWNER, false)
@@ -57,14 +71,7 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
 
 #[tokio::test]
 async fn refusals_reach_the_writer_as_errno_and_leave_committed_files_intact() {
-    let grid = Arc::new(MemGrid::new());
-    let dir = tempfile::tempdir().unwrap();
-    let core = core_over(dir.path(), grid.clone());
-    let root = core
-        .mkdir(SNAPSHOTS_INO, b"s", 0o755, ROOT_OWNER)
-        .await
-        .unwrap()
-        .ino;
+    let (grid, _dir, core, root) = open_snapshot().await;
     let kept = write_closed(&core, root, "kept", &pattern(1, 200_000)).await;
 
     for (refusal, errno) in [
@@ -127,14 +134,7 @@ fn terms_in(state: SubscriptionState) -> ClientTerms {
 /// a sealed snapshot still answers EROFS, and everything works again once active.
 #[tokio::test]
 async fn suspended_terms_refuse_every_change_but_not_reads() {
-    let grid = Arc::new(MemGrid::new());
-    let dir = tempfile::tempdir().unwrap();
-    let core = core_over(dir.path(), grid.clone());
-    let root = core
-        .mkdir(SNAPSHOTS_INO, b"s", 0o755, ROOT_OWNER)
-        .await
-        .unwrap()
-        .ino;
+    let (grid, _dir, core, root) = open_snapshot().await;
     let file = write_closed(&core, root, "f", &pattern(1, 50_000)).await;
     let sub = core.mkdir(root, b"d", 0o755, ROOT_OWNER).await.unwrap().ino;
     core.symlink(root, b"l", b"f", ROOT_OWNER).await.unwrap();

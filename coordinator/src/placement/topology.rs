@@ -104,34 +104,14 @@ impl GridMap {
         }
     }
 
-    /// Members.
-    pub fn len(&self) -> usize {
-        self.slots.len()
-    }
-
-    /// Whether the grid has no members.
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
-    }
-
     /// The slot of a member (its position in [`Ring::ids`]).
     pub fn slot_of(&self, id: &NodeId) -> Option<usize> {
         self.index.get(id).map(|&i| i as usize)
     }
 
-    /// The member in `slot`.
-    pub fn id(&self, slot: usize) -> Option<NodeId> {
-        self.slots.get(slot).map(|s| s.id)
-    }
-
     /// The effective location of the member in `slot`.
     pub fn location(&self, slot: usize) -> Option<&Location> {
         self.slots.get(slot).map(|s| &s.location)
-    }
-
-    /// The ring the map follows.
-    pub fn ring(&self) -> &Arc<Ring> {
-        &self.ring
     }
 
     /// Resolve the source client's location.
@@ -273,9 +253,7 @@ impl<F: SlotFacts> Topology<F> {
 
     /// Nodes that are up and not excluded (visits every member: for diagnostics).
     pub fn up_count(&self) -> usize {
-        (0..self.map.slots.len())
-            .filter(|&i| self.usable(i))
-            .count()
+        self.up_at_least(usize::MAX)
     }
 
     /// `min(want, up_count())`, visiting members only until `want` are found: what choosing

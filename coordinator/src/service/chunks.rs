@@ -22,7 +22,7 @@ use tracing::warn;
 
 use super::grid_view::{GridView, RequestFacts};
 use super::{Inner, Reply, bad_request, check_batch, store_err};
-use crate::erasure::{choose_erasure, shard_bytes};
+use crate::erasure::{self, choose_erasure, shard_bytes};
 use crate::pending::{PendingChunk, Slot};
 use crate::placement::Topology;
 use crate::sequence::packet_name;
@@ -107,8 +107,7 @@ impl Inner {
         let now = now_unix_ms();
         let mut grid = self.grid(now, &a.exclude)?;
         // Choosing the coding needs to know only whether k + m nodes are up.
-        let want =
-            usize::from(self.settings.erasure_k.max(1)) + usize::from(self.settings.erasure_m);
+        let want = erasure::width(self.settings.erasure_k, self.settings.erasure_m);
         let up = grid.topo.up_at_least(want);
         let (k, m) = choose_erasure(self.settings.erasure_k, self.settings.erasure_m, up)
             .ok_or_else(|| {
@@ -274,12 +273,9 @@ impl Inner {
         mut c: CommitChunks,
         now: u64,
     ) -> Reply<CommitChunks> {
-        let orphans: Vec<ChunkId> = c
-            .chunks
-            .iter()
-            .filter(|x| self.pending.get(client, x.id, now).is_none())
-            .map(|x| x.id)
-            .collect();
+        let orphans = self
+            .pending
+            .missing(client, c.chunks.iter().map(|x| x.id), now);
         if orphans.is_empty() {
             return Ok(c);
         }

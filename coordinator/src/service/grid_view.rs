@@ -28,6 +28,7 @@ use std::time::Duration;
 use gridback_proto::NodeId;
 use gridback_proto::location::Location;
 
+use crate::membership::heartbeat_current;
 use crate::placement::{GridMap, RingCache, SlotFacts};
 use crate::sequence::SequenceKey;
 use crate::store::{MetaStore, NodeRecord, PlaceRecord, StoreError};
@@ -97,14 +98,12 @@ impl GridView {
     fn up_at(&self, slot: usize, now_unix_ms: u64, timeout: Duration) -> bool {
         self.nodes.get(slot).is_some_and(|n| {
             let last = n.live.last_heartbeat_unix_ms.load(Ordering::Relaxed);
-            !n.addr.is_empty()
-                && last != 0
-                && u128::from(now_unix_ms.saturating_sub(last)) <= timeout.as_millis()
+            !n.addr.is_empty() && heartbeat_current(last, now_unix_ms, timeout)
         })
     }
 
-    /// Whether the node's heartbeats are current at `now_unix_ms` (the same rule as
-    /// `membership::node_state`).
+    /// Whether the node's heartbeats are current at `now_unix_ms` (the rule of
+    /// [`heartbeat_current`]).
     pub fn up(&self, id: &NodeId, now_unix_ms: u64, timeout: Duration) -> bool {
         self.map
             .slot_of(id)

@@ -280,11 +280,9 @@ impl Inner {
         if s.expires_unix_ms != old_expiry {
             rec.expiry_logged = false;
         }
-        // Bounds no placement can meet are refused before anything is stored: the
-        // subscription's own, then what it makes of the cluster-wide rules.
-        s.proximity
-            .check_consistent()
-            .map_err(|e| bad_request(e.to_string()))?;
+        // A change of bounds that no placement can meet is refused before anything is
+        // stored: the subscription's own, then what it makes of the cluster-wide rules.
+        // (Other changes never fail on bounds stored before.)
         let touches_bounds = [r.packet_min, r.packet_max, r.backup_min, r.backup_max]
             .iter()
             .any(Option::is_some)
@@ -292,6 +290,9 @@ impl Inner {
                 .iter()
                 .any(|n| n.starts_with("packet-") || n.starts_with("backup-"));
         if touches_bounds {
+            s.proximity
+                .check_consistent()
+                .map_err(|e| bad_request(e.to_string()))?;
             self.store
                 .proximity()
                 .map_err(store_err)?

@@ -5,7 +5,7 @@ use gridback_proto::{CertFingerprint, ChunkId, ClientId, NodeId, PacketName};
 
 use super::*;
 
-fn client_rec() -> ClientRecord {
+pub(super) fn client_rec() -> ClientRecord {
     ClientRecord {
         label: "c".into(),
         joined_unix_ms: 1,
@@ -28,7 +28,7 @@ fn node_rec(label: &str) -> NodeRecord {
     }
 }
 
-fn log(kind: &'static str) -> NewLogEntry {
+pub(super) fn log(kind: &'static str) -> NewLogEntry {
     NewLogEntry {
         client: None,
         node: None,
@@ -37,7 +37,7 @@ fn log(kind: &'static str) -> NewLogEntry {
     }
 }
 
-fn chunk(id: ChunkId, nodes: &[NodeId]) -> ChunkCommit {
+pub(super) fn chunk(id: ChunkId, nodes: &[NodeId]) -> ChunkCommit {
     ChunkCommit {
         id,
         k: 1,

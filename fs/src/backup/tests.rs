@@ -276,3 +276,45 @@ fn an_unreadable_root_is_an_error_and_an_unreadable_subdirectory_a_warning() {
         "{err}"
     );
 }
+
+/// When the uploads stop (a store failed, so the backup is ending), the walk ends with an
+/// error instead of waiting forever: workers blocked on the full channel of scanned
+/// directories are released.
+#[test]
+fn the_walk_ends_when_the_uploads_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    // No file at the top: the first refused file comes after the workers have scanned
+    // (and filled the channel with) several directories.
+    for d in 0..40 {
+        let sub = dir.path().join(format!("d{d:02}"));
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::write(sub.join("f"), b"x").unwrap();
+    }
+    let root = dir.path().to_path_buf();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx); // the uploads are gone
+        let excludes = globs(&[]).unwrap();
+        let old = Default::default();
+        let r = walk::walk(
+            &root,
+            WalkParams {
+                excludes: &excludes,
+                old: &old,
+                jobs: tx,
+                progress: Arc::new(NoProgress),
+                threads: 2,
+            },
+        );
+        let _ = done_tx.send(r.map(|w| w.files));
+    });
+    // A generous bound that only a hung walk can exceed.
+    let r = done_rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the walk hung after the uploads stopped");
+    assert!(
+        matches!(r, Err(BackupError::Cancelled)),
+        "expected the walk to stop with Cancelled: {r:?}"
+    );
+}

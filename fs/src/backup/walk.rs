@@ -377,7 +377,6 @@ pub(super) fn walk(root: &Path, p: WalkParams<'_>) -> Result<Walked, BackupError
             });
         }
         drop(done_tx);
-        // Every early return below closes the queue first, so the workers end.
         let result = (|| {
             let mut pending = 1usize;
             while pending > 0 {
@@ -392,6 +391,10 @@ pub(super) fn walk(root: &Path, p: WalkParams<'_>) -> Result<Walked, BackupError
             }
             Ok(())
         })();
+        // After an early return, workers may be blocked sending to the full channel, and
+        // others waiting for tasks: dropping the receiver fails their sends, closing the
+        // queue wakes the others, so the scope can join them all.
+        drop(done_rx);
         close();
         result
     })?;

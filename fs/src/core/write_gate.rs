@@ -7,7 +7,7 @@
 //! namespace follow the same rule, so an open snapshot cannot fill up with names whose
 //! content could never be stored.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use gridback_proto::subscription::SubscriptionState;
@@ -18,33 +18,26 @@ use super::{FsCore, FsError};
 /// loop must not flood the log, yet an operator reading it sees the reason within a minute.
 const REFUSAL_WARN_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Rate limit of the refusal warning: when it was last logged.
-#[derive(Debug)]
+/// Rate limit of the refusal warning: when it was last logged (only refused changes look
+/// at it, never the write path).
+#[derive(Debug, Default)]
 pub(super) struct RefusalWarning {
-    /// Reference point of `last_ms`.
-    origin: Instant,
-    /// Milliseconds after `origin` of the last warning, plus one (0: never warned).
-    last_ms: AtomicU64,
+    last: Mutex<Option<Instant>>,
 }
 
 impl RefusalWarning {
     pub(super) fn new() -> Self {
-        Self {
-            origin: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        }
+        Self::default()
     }
 
     /// Whether a warning is due now (and, if so, record it as logged).
     fn due(&self) -> bool {
-        let now = self.origin.elapsed().as_millis() as u64 + 1;
-        let last = self.last_ms.load(Ordering::Relaxed);
-        if last != 0 && now.saturating_sub(last) < REFUSAL_WARN_INTERVAL.as_millis() as u64 {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|t| t.elapsed() < REFUSAL_WARN_INTERVAL) {
             return false;
         }
-        self.last_ms
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
+        *last = Some(Instant::now());
+        true
     }
 }
 
@@ -81,8 +74,9 @@ mod tests {
         assert!(!w.due());
         // A warning logged longer than the interval ago: due again, once.
         let w = RefusalWarning {
-            origin: Instant::now() - REFUSAL_WARN_INTERVAL - Duration::from_secs(1),
-            last_ms: AtomicU64::new(1),
+            last: Mutex::new(Some(
+                Instant::now() - REFUSAL_WARN_INTERVAL - Duration::from_secs(1),
+            )),
         };
         assert!(w.due());
         assert!(!w.due());

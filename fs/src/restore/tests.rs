@@ -332,6 +332,26 @@ fn batches_respect_the_cap_and_take_at_least_one_chunk() {
     assert!(parse_spec("/x").is_err());
 }
 
+/// A directory owned by root, mode 0755, at time 0.
+fn dir_inode() -> crate::meta::Inode {
+    crate::meta::Inode {
+        kind: Kind::Dir,
+        perm: 0o755,
+        uid: 0,
+        gid: 0,
+        size: 0,
+        atime: crate::meta::Time::default(),
+        mtime: crate::meta::Time::default(),
+        ctime: crate::meta::Time::default(),
+        nlink: 2,
+        parent: 0,
+        snapshot: 0,
+        symlink: None,
+        xattrs: BTreeMap::new(),
+        provisional: false,
+    }
+}
+
 /// Bug: the resume marker was removed before the directories got their attributes, so a
 /// restore killed in that last phase left no marker and its rerun was refused as "not
 /// empty". A failure while setting a directory's attributes must leave the marker.
@@ -347,20 +367,10 @@ fn marker_stays_until_every_directory_has_its_attributes() {
             nanos: 7,
         };
         crate::meta::Inode {
-            kind: Kind::Dir,
-            perm: 0o755,
-            uid: 0,
-            gid: 0,
-            size: 0,
             atime: t,
             mtime: t,
             ctime: t,
-            nlink: 2,
-            parent: 0,
-            snapshot: 0,
-            symlink: None,
-            xattrs: BTreeMap::new(),
-            provisional: false,
+            ..dir_inode()
         }
     };
     // "a/gone" vanished: setting its attributes fails, and the marker must stay.
@@ -380,6 +390,64 @@ fn marker_stays_until_every_directory_has_its_attributes() {
     assert_eq!((m.mtime(), m.mtime_nsec()), (3_000, 7));
     let m = std::fs::metadata(dest.join("a")).unwrap();
     assert_eq!((m.mtime(), m.mtime_nsec()), (2_000, 7));
+}
+
+/// Bug: DEST got its mode before the marker was removed, so restoring a read-only top
+/// directory (0555) as anyone but root failed at the very end and left the marker behind.
+/// Run as an unprivileged file-system user (this thread's fsuid, which also drops the
+/// file capabilities of root), DEST's attributes come last and the marker goes.
+#[test]
+fn a_read_only_top_directory_is_restored_by_an_unprivileged_user() {
+    const NOBODY: u32 = 65534;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dest = dir.path().join("dst");
+    std::fs::create_dir_all(dest.join("a")).unwrap();
+    std::fs::write(dest.join(MARKER), "snapshot=s\npath=\n").unwrap();
+    let root_user = rustix::process::geteuid().is_root();
+    for p in [dest.clone(), dest.join("a"), dest.join(MARKER)] {
+        if root_user {
+            std::os::unix::fs::chown(&p, Some(NOBODY), Some(NOBODY)).unwrap();
+        }
+    }
+    let (uid, gid) = if root_user {
+        (NOBODY, NOBODY)
+    } else {
+        let m = std::fs::metadata(&dest).unwrap();
+        (m.uid(), m.gid())
+    };
+    let inode = |perm, secs| {
+        let t = crate::meta::Time { secs, nanos: 9 };
+        crate::meta::Inode {
+            perm,
+            uid,
+            gid,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            ..dir_inode()
+        }
+    };
+    let dirs = vec![
+        (inode(0o755, 2_000), dest.join("a")),
+        (inode(0o555, 3_000), dest.clone()),
+    ];
+    let d = dest.clone();
+    let r = std::thread::spawn(move || {
+        if root_user {
+            // Per thread: the rest of the test process keeps its rights.
+            nix::unistd::setfsgid(nix::unistd::Gid::from_raw(NOBODY));
+            nix::unistd::setfsuid(nix::unistd::Uid::from_raw(NOBODY));
+        }
+        write::finish_dirs(&d, &dirs, true)
+    })
+    .join()
+    .unwrap();
+    assert_eq!(r.unwrap(), 0);
+    assert!(!dest.join(MARKER).exists(), "marker left behind");
+    let m = std::fs::metadata(&dest).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o555);
+    assert_eq!((m.mtime(), m.mtime_nsec()), (3_000, 9));
 }
 
 /// A [`MemGrid`] that records what a restore asks of it: which chunks were located ahead,

@@ -53,18 +53,24 @@ pub(super) fn prepare_dest(
 }
 
 /// The last step of a restore, once every file is in place: set the attributes of `dirs`
-/// (deepest first; DEST last when `top_is_dest`), make everything durable, and only then
-/// remove the resume marker, so that a restore interrupted anywhere before leaves the marker
-/// and can be resumed. Removing the marker changes DEST's mtime, so DEST's times are set
-/// again after it. Returns the number of attributes that could not be set.
+/// (deepest first), make everything durable, and only then remove the resume marker, so that
+/// a restore interrupted anywhere before leaves the marker and can be resumed. DEST's own
+/// attributes (when `top_is_dest`) come after the marker is gone: removing it changes DEST's
+/// mtime, and a read-only DEST would refuse the removal to anyone but root. Returns the
+/// number of attributes that could not be set.
 pub(super) fn finish_dirs(
     dest: &Path,
     dirs: &[(Inode, PathBuf)],
     top_is_dest: bool,
 ) -> Result<u64, RestoreError> {
     let mut warnings = 0;
+    let mut dest_inode = None;
     for (inode, path) in dirs {
-        warnings += set_attrs(path, inode)?;
+        if top_is_dest && path == dest {
+            dest_inode = Some(inode);
+        } else {
+            warnings += set_attrs(path, inode)?;
+        }
     }
     // Renames of files into place and the attributes above are not durable yet (each file's
     // content is): one syncfs covers all of them before the marker goes.
@@ -75,8 +81,8 @@ pub(super) fn finish_dirs(
         Err(e) if e.kind() != ErrorKind::NotFound => return Err(io_err(&marker)(e)),
         _ => {}
     }
-    if top_is_dest && let Some((inode, _)) = dirs.iter().find(|(_, p)| p == dest) {
-        set_times(dest, inode)?;
+    if let Some(inode) = dest_inode {
+        warnings += set_attrs(dest, inode)?;
     }
     d.sync_all().map_err(io_err(dest))?;
     Ok(warnings)

@@ -3,14 +3,13 @@
 
 use std::sync::{Arc, Barrier};
 
-use gridback_proto::coord_api::{ChunkCommit, PacketPlacement, SnapshotState};
-use gridback_proto::{CertFingerprint, ChunkId, ClientId, NodeId, PacketName};
+use gridback_proto::coord_api::SnapshotState;
+use gridback_proto::{CertFingerprint, ChunkId, ClientId, NodeId};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::GroupCommit;
-use crate::store::{
-    ClientRecord, CommitBatch, MetaStore, NewLogEntry, NewMember, RedbStore, StoreError,
-};
+use crate::store::tests::{chunk, client_rec, log};
+use crate::store::{CommitBatch, MetaStore, NewMember, RedbStore, StoreError};
 
 const T: TableDefinition<u64, u64> = TableDefinition::new("t");
 /// Key of the shared counter every writer increments.
@@ -143,25 +142,6 @@ fn a_panicking_method_is_rethrown_and_the_group_keeps_working() {
     assert_eq!(read(&db, 2), Some(1));
 }
 
-fn chunk(id: ChunkId, nodes: &[NodeId]) -> ChunkCommit {
-    ChunkCommit {
-        id,
-        k: 2,
-        m: 1,
-        shard_bytes: 100,
-        packets: nodes
-            .iter()
-            .zip(0u8..)
-            .map(|(n, i)| PacketPlacement {
-                index: i,
-                node: *n,
-                packet: PacketName::random(),
-                checksum: [i; 32],
-            })
-            .collect(),
-    }
-}
-
 #[test]
 fn concurrent_chunk_commits_are_all_recorded_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -172,22 +152,13 @@ fn concurrent_chunk_commits_are_all_recorded_once() {
     let shared = ChunkId::random(); // committed by every thread: stored once
     {
         let s = Arc::new(RedbStore::open(&path).unwrap());
-        let rec = ClientRecord {
-            label: "c".into(),
-            joined_unix_ms: 1,
-            last_seen_unix_ms: 1,
-            pid: 1,
-            stored_bytes: 0,
-        };
-        let entry = NewLogEntry {
-            client: None,
-            node: None,
-            kind: "client.join",
-            detail: String::new(),
-        };
         let fp = CertFingerprint::random();
-        s.register(&fp, &NewMember::Client(client, rec), &entry)
-            .unwrap();
+        s.register(
+            &fp,
+            &NewMember::Client(client, client_rec()),
+            &log("client.join"),
+        )
+        .unwrap();
         s.snapshot_create(&client, "s", None, 1).unwrap();
         let start = Arc::new(Barrier::new(threads));
         let handles: Vec<_> = (0..threads)

@@ -181,7 +181,7 @@ pub fn print_node(d: &gridback_proto::admin_api::NodeDetail, json: bool) -> Resu
     );
     if s.reported_capacity_bytes != s.capacity_bytes {
         println!(
-            "              the node still reports {} (it applies the new capacity at its next              heartbeat)",
+            "              the node still reports {} (it applies the new capacity at its next heartbeat)",
             format_size(s.reported_capacity_bytes)
         );
     }

@@ -4,7 +4,6 @@
 
 use std::process::ExitCode;
 
-use anyhow::Result;
 use gridback_proto::admin_api::{AdminClientSet, AdminNodeSet};
 use gridback_proto::{ChunkId, ClientId, NodeId};
 
@@ -13,7 +12,7 @@ use super::schedule::ScheduleRequest;
 use super::when::{Relative, parse_instant};
 use super::{Admin, parse_id, records, rules, schedule};
 use crate::cli::{AdminCmd, ClientSetCmd, NodeSetCmd};
-use anyhow::{Context, bail};
+use anyhow::{Context, Result, bail};
 
 /// One checked admin command.
 #[derive(Debug)]
@@ -68,7 +67,9 @@ impl Request {
                     bail!("give a client id: `gridback admin client ID` or `admin client set ID …`")
                 }
             },
-            AdminCmd::Snapshots { client } => Request::Snapshots(parse_id("client", &client)?),
+            AdminCmd::Snapshots { client } => {
+                Request::Snapshots(parse_id("client", &client).context("--client")?)
+            }
             AdminCmd::Node(n) => match (n.id, n.set) {
                 (Some(id), None) => Request::Node(parse_id("node", &id)?),
                 (
@@ -83,7 +84,7 @@ impl Request {
             },
             AdminCmd::Chunk { id } => Request::Chunk(parse_id("chunk", &id)?),
             AdminCmd::Chunks { client, snapshot } => Request::Chunks {
-                client: parse_id("client", &client)?,
+                client: parse_id("client", &client).context("--client")?,
                 snapshot,
             },
             AdminCmd::Log { follow, since } => Request::Log {

@@ -79,39 +79,10 @@ fn distance(flag: &str, v: &Option<String>) -> Result<Option<Distance>> {
         .transpose()
 }
 
-struct Bounds4 {
-    packet_min: Option<Distance>,
-    packet_max: Option<Distance>,
-    backup_min: Option<Distance>,
-    backup_max: Option<Distance>,
-}
-
-impl Bounds4 {
-    fn is_empty(&self) -> bool {
-        self.packet_min.is_none()
-            && self.packet_max.is_none()
-            && self.backup_min.is_none()
-            && self.backup_max.is_none()
-    }
-
-    /// Refuse a minimum above a maximum given together (the coordinator checks them again
-    /// against the rules already in force).
-    fn check_consistent(&self) -> Result<()> {
-        let given = Proximity {
-            packet: ProximityBounds {
-                min: self.packet_min,
-                max: self.packet_max,
-            },
-            backup: ProximityBounds {
-                min: self.backup_min,
-                max: self.backup_max,
-            },
-        };
-        Ok(given.check_consistent()?)
-    }
-}
-
-fn bounds(b: &ProximityArgs, unset: &mut Vec<String>) -> Result<Bounds4> {
+/// The four bounds given on the command line (`none` clears one: it is listed in `unset`),
+/// with a minimum above a maximum given together refused here (the coordinator checks them
+/// again against the rules already in force).
+fn bounds(args: &ProximityArgs, unset: &mut Vec<String>) -> Result<Proximity> {
     let mut one = |flag: &str, v: &Option<String>| -> Result<Option<Distance>> {
         if v.as_deref() == Some("none") {
             unset.push(flag.to_string());
@@ -119,14 +90,18 @@ fn bounds(b: &ProximityArgs, unset: &mut Vec<String>) -> Result<Bounds4> {
         }
         distance(flag, v)
     };
-    let b = Bounds4 {
-        packet_min: one("packet-min", &b.packet_min)?,
-        packet_max: one("packet-max", &b.packet_max)?,
-        backup_min: one("backup-min", &b.backup_min)?,
-        backup_max: one("backup-max", &b.backup_max)?,
+    let p = Proximity {
+        packet: ProximityBounds {
+            min: one("packet-min", &args.packet_min)?,
+            max: one("packet-max", &args.packet_max)?,
+        },
+        backup: ProximityBounds {
+            min: one("backup-min", &args.backup_min)?,
+            max: one("backup-max", &args.backup_max)?,
+        },
     };
-    b.check_consistent()?;
-    Ok(b)
+    p.check_consistent()?;
+    Ok(p)
 }
 
 fn print_rules(r: &PlacementRules, json: bool) -> Result<ExitCode> {
@@ -173,16 +148,16 @@ pub fn prepare_placement(cmd: PlacementCmd) -> Result<PlacementRequest> {
                     unset.join(", ")
                 );
             }
-            if !clear && b.is_empty() {
+            if !clear && b == Proximity::default() {
                 bail!(
                     "nothing to change: give --packet-min/--packet-max/--backup-min/--backup-max or --clear"
                 );
             }
             Ok(PlacementRequest::Set(AdminPlacementSet {
-                packet_min: b.packet_min,
-                packet_max: b.packet_max,
-                backup_min: b.backup_min,
-                backup_max: b.backup_max,
+                packet_min: b.packet.min,
+                packet_max: b.packet.max,
+                backup_min: b.backup.min,
+                backup_max: b.backup.max,
                 clear,
             }))
         }
@@ -258,10 +233,10 @@ fn prepare_subscription_set(a: SubscriptionSetArgs) -> Result<AdminSubscriptionS
         bandwidth_down,
         threads,
         transfers,
-        packet_min: b.packet_min,
-        packet_max: b.packet_max,
-        backup_min: b.backup_min,
-        backup_max: b.backup_max,
+        packet_min: b.packet.min,
+        packet_max: b.packet.max,
+        backup_min: b.backup.min,
+        backup_max: b.backup.max,
         expires_unix_ms,
         unset,
     })

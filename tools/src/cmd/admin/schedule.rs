@@ -65,7 +65,7 @@ pub fn prepare(cmd: ScheduleCmd) -> Result<ScheduleRequest> {
             path,
             every,
         } => {
-            let client: ClientId = parse_id("client", &client)?;
+            let client: ClientId = parse_id("client", &client).context("--client")?;
             let every_ms = parse_duration(&every).context("--every")?.as_millis() as u64;
             if every_ms < MIN_EVERY_MS {
                 bail!("--every must be at least 10s");

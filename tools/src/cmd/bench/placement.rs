@@ -67,19 +67,14 @@ pub fn run() -> Result<Section> {
         ));
         service.push(r);
     }
-    let per_batch = |r: Option<&gridback_coordinator::AllocationBenchResult>, cached: bool| {
-        r.map_or(0.0, |r| {
-            if cached {
-                r.cached_per_batch.as_secs_f64()
-            } else {
-                r.rebuilt_per_batch.as_secs_f64()
-            }
-        })
-    };
-    let cached_growth =
-        per_batch(service.last(), true) / per_batch(service.first(), true).max(1e-12);
-    let rebuilt_growth =
-        per_batch(service.last(), false) / per_batch(service.first(), false).max(1e-12);
+    // One result per grid size: the loop above returns early on any error.
+    let (smallest, largest) = (&service[0], &service[service.len() - 1]);
+    let per_batch_growth =
+        |f: fn(&gridback_coordinator::AllocationBenchResult) -> std::time::Duration| {
+            f(largest).as_secs_f64() / f(smallest).as_secs_f64().max(1e-12)
+        };
+    let cached_growth = per_batch_growth(|r| r.cached_per_batch);
+    let rebuilt_growth = per_batch_growth(|r| r.rebuilt_per_batch);
     text.push(format!(
         "  time per batch grows {cached_growth:.2}× cached, {rebuilt_growth:.2}× rebuilt, from {} \
          to {} nodes",
