@@ -1,11 +1,18 @@
 //! Requests a storage node serves. Clients send packets directly to nodes; every data request
 //! carries a coordinator-signed order for exactly that node, packet and client certificate.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::error::WireError;
 use crate::ids::NodeId;
 use crate::order::SignedOrder;
-use crate::wire::{self, FrameError, HEADER_LEN, MAX_FRAME_BYTES, Rpc};
+use crate::wire::{self, FrameError, HEADER_LEN, MAGIC, MAX_FRAME_BYTES, PROTOCOL_VERSION, Rpc};
+
+/// Most packets in one [`PutPackets`] or [`GetPackets`] request: a batch of small chunks
+/// sends one or two packets of each chunk to a node, so a few hundred chunks fit; the frame
+/// limit ([`MAX_FRAME_BYTES`]) bounds the bytes.
+pub const MAX_BATCH_PACKETS: usize = 1024;
 
 /// The storage node service's dispatch enum.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -19,6 +26,10 @@ pub enum NodeRequest {
     Delete(DeletePacket),
     /// Liveness and usage.
     Health(NodeHealth),
+    /// Store several packets, made durable together (one sync for the whole batch).
+    PutBatch(PutPackets),
+    /// Read several packets.
+    GetBatch(GetPackets),
 }
 
 /// Store `data` under the order's packet name. Answered only once the packet is durable.
@@ -27,8 +38,20 @@ pub struct PutPacket {
     /// Put order for this node, packet, size and client.
     pub order: SignedOrder,
     /// The packet bytes (opaque ciphertext shard).
-    #[serde(with = "serde_bytes")]
-    pub data: Vec<u8>,
+    pub data: Bytes,
+}
+
+/// Append the LEB128 length prefix postcard writes before a byte string.
+fn push_varint(out: &mut Vec<u8>, mut n: u64) {
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    }
 }
 
 impl PutPacket {
@@ -41,48 +64,150 @@ impl PutPacket {
     pub fn frame_head(order: &SignedOrder, data_len: usize) -> Vec<u8> {
         let empty = NodeRequest::Put(PutPacket {
             order: order.clone(),
-            data: Vec::new(),
+            data: Bytes::new(),
         });
         let mut head = wire::encode_frame(&empty);
         // An empty byte string is the one-byte length prefix 0: replace it with the real one.
         debug_assert_eq!(head.last(), Some(&0));
         head.pop();
-        let mut n = data_len as u64;
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                head.push(byte);
-                break;
-            }
-            head.push(byte | 0x80);
-        }
+        push_varint(&mut head, data_len as u64);
         let body_len = (head.len() - HEADER_LEN + data_len) as u32;
         head[4..8].copy_from_slice(&body_len.to_le_bytes());
         head
     }
 }
 
-/// Decode a [`NodeRequest`] body. A put's packet bytes are moved within `body` (which then
-/// becomes the packet's `data`) instead of being copied into a new allocation; every other
+/// Decode a [`NodeRequest`] body. The packet bytes of a put (or of every put of a batch) are
+/// slices of `body` (which is moved into one shared buffer), never copies; every other
 /// request, and any body that is not a well-formed put, decodes exactly as
 /// [`wire::decode_body`] does.
-pub fn decode_request(mut body: Vec<u8>) -> Result<NodeRequest, FrameError> {
-    // `NodeRequest::Put` is variant 0: its index, the order, then the data's LEB128 length.
-    let put = (|| {
-        let (variant, rest) = postcard::take_from_bytes::<u32>(&body).ok()?;
-        if variant != 0 {
-            return None;
-        }
+pub fn decode_request(body: Vec<u8>) -> Result<NodeRequest, FrameError> {
+    /// Where each packet of a put lies in the body: (order, start, end).
+    type Spans = Vec<(SignedOrder, usize, usize)>;
+    fn put_at(body: &[u8], at: usize) -> Option<(SignedOrder, usize, usize)> {
+        let rest = body.get(at..)?;
         let (order, rest) = postcard::take_from_bytes::<SignedOrder>(rest).ok()?;
         let (len, rest) = postcard::take_from_bytes::<u64>(rest).ok()?;
-        (rest.len() as u64 == len).then_some((order, body.len() - rest.len()))
+        let start = body.len() - rest.len();
+        let end = start.checked_add(usize::try_from(len).ok()?)?;
+        (end <= body.len()).then_some((order, start, end))
+    }
+    // `NodeRequest::Put` is variant 0 (the order, then the data's LEB128 length), `PutBatch`
+    // variant 4 (a count, then as many orders each followed by its data).
+    let spans: Option<(bool, Spans)> = (|| {
+        let (variant, rest) = postcard::take_from_bytes::<u32>(&body).ok()?;
+        let mut at = body.len() - rest.len();
+        match variant {
+            0 => {
+                let one = put_at(&body, at)?;
+                (one.2 == body.len()).then(|| (false, vec![one]))
+            }
+            4 => {
+                let (count, rest) = postcard::take_from_bytes::<u64>(&body[at..]).ok()?;
+                at = body.len() - rest.len();
+                let count = usize::try_from(count).ok()?;
+                if count > MAX_BATCH_PACKETS {
+                    return None;
+                }
+                let mut spans = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let one = put_at(&body, at)?;
+                    at = one.2;
+                    spans.push(one);
+                }
+                (at == body.len()).then_some((true, spans))
+            }
+            _ => None,
+        }
     })();
-    let Some((order, offset)) = put else {
+    let Some((batch, spans)) = spans else {
         return wire::decode_body(&body);
     };
-    body.drain(..offset);
-    Ok(NodeRequest::Put(PutPacket { order, data: body }))
+    let shared = Bytes::from(body);
+    let mut puts = spans.into_iter().map(|(order, start, end)| PutPacket {
+        order,
+        data: shared.slice(start..end),
+    });
+    Ok(if batch {
+        NodeRequest::PutBatch(PutPackets {
+            packets: puts.collect(),
+        })
+    } else {
+        NodeRequest::Put(puts.next().ok_or(FrameError::Truncated { need: 1, have: 0 })?)
+    })
+}
+
+/// Store several packets with one request. The node makes them durable together (one sync
+/// for the batch) and answers each packet on its own: a refused or failed packet does not
+/// fail the others.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PutPackets {
+    /// At most [`MAX_BATCH_PACKETS`] puts, each with its own order.
+    pub packets: Vec<PutPacket>,
+}
+
+impl PutPackets {
+    /// The request frame of a batch of `(order, data)` as consecutive byte chunks: small heads
+    /// (frame header, count, each order and length prefix) between the packet bytes, which
+    /// are passed through as they are (no copy). The chunks together are byte for byte the
+    /// frame [`wire::encode_frame`] builds for the same batch.
+    pub fn frame(parts: &[(SignedOrder, Bytes)]) -> Vec<Bytes> {
+        let mut out = Vec::with_capacity(parts.len() * 2 + 1);
+        let mut head = Vec::with_capacity(64);
+        head.extend_from_slice(&MAGIC);
+        head.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+        head.extend_from_slice(&[0; 4]);
+        push_varint(&mut head, 4); // NodeRequest::PutBatch
+        push_varint(&mut head, parts.len() as u64);
+        let mut body_len = 0usize;
+        for (order, data) in parts {
+            head = postcard::to_extend(order, head)
+                .expect("invariant: postcard encoding into a Vec cannot fail");
+            push_varint(&mut head, data.len() as u64);
+            body_len += head.len() + data.len();
+            out.push(Bytes::from(std::mem::take(&mut head)));
+            out.push(data.clone());
+        }
+        if out.is_empty() {
+            body_len = head.len();
+            out.push(Bytes::from(head));
+        }
+        let body_len = (body_len - HEADER_LEN) as u32;
+        let mut first = out[0].to_vec();
+        first[4..8].copy_from_slice(&body_len.to_le_bytes());
+        out[0] = Bytes::from(first);
+        out
+    }
+
+    /// Bytes of the frame of a batch whose packets total `data_bytes`, for `packets` packets:
+    /// an upper bound for sizing batches under [`MAX_FRAME_BYTES`].
+    pub fn frame_bytes_bound(packets: usize, data_bytes: usize) -> usize {
+        /// Order (with a 32-byte tag and varints at their widest) plus a length prefix.
+        const PER_PACKET: usize = 192;
+        HEADER_LEN + 16 + packets * PER_PACKET + data_bytes
+    }
+}
+
+/// Reply to [`PutPackets`]: one result per packet, in request order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PutAcks {
+    /// The acknowledgement or the refusal of each packet.
+    pub acks: Vec<Result<PutAck, WireError>>,
+}
+
+/// Read several packets with one request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GetPackets {
+    /// At most [`MAX_BATCH_PACKETS`] get orders; the packets they name must together fit in
+    /// one response frame ([`MAX_FRAME_BYTES`]).
+    pub orders: Vec<SignedOrder>,
+}
+
+/// Reply to [`GetPackets`]: one result per order, in request order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PacketsData {
+    /// The packet or the refusal for each order.
+    pub packets: Vec<Result<PacketData, WireError>>,
 }
 
 /// Reply to a put.
@@ -162,6 +287,16 @@ impl From<NodeHealth> for NodeRequest {
         NodeRequest::Health(r)
     }
 }
+impl From<PutPackets> for NodeRequest {
+    fn from(r: PutPackets) -> Self {
+        NodeRequest::PutBatch(r)
+    }
+}
+impl From<GetPackets> for NodeRequest {
+    fn from(r: GetPackets) -> Self {
+        NodeRequest::GetBatch(r)
+    }
+}
 
 impl Rpc for PutPacket {
     type Envelope = NodeRequest;
@@ -183,6 +318,17 @@ impl Rpc for NodeHealth {
     type Envelope = NodeRequest;
     type Response = NodeHealthReport;
     const NAME: &'static str = "health";
+}
+impl Rpc for PutPackets {
+    type Envelope = NodeRequest;
+    type Response = PutAcks;
+    const NAME: &'static str = "put_batch";
+}
+impl Rpc for GetPackets {
+    type Envelope = NodeRequest;
+    type Response = PacketsData;
+    const NAME: &'static str = "get_batch";
+    const RESPONSE_LIMIT: u32 = MAX_FRAME_BYTES;
 }
 
 #[cfg(test)]
@@ -218,7 +364,7 @@ mod tests {
             split.extend_from_slice(&data);
             let full = wire::encode_frame(&NodeRequest::Put(PutPacket {
                 order: order(),
-                data,
+                data: Bytes::from(data),
             }));
             assert_eq!(split, full, "data of {len} bytes");
         }
@@ -232,12 +378,12 @@ mod tests {
         let data: Vec<u8> = (0..70_000).map(|i| (i % 253) as u8).collect();
         let put = NodeRequest::Put(PutPacket {
             order: order(),
-            data: data.clone(),
+            data: Bytes::from(data.clone()),
         });
         let body = wire::encode_frame(&put)[HEADER_LEN..].to_vec();
         match decode_request(body.clone()).unwrap() {
             NodeRequest::Put(p) => {
-                assert_eq!(p.data, data);
+                assert_eq!(&p.data[..], &data[..]);
                 assert_eq!(p.order, order());
             }
             other => panic!("decoded {other:?}"),
@@ -267,6 +413,59 @@ mod tests {
         assert!(decode_request(vec![0xff; 3]).is_err());
     }
 
+    /// The batch frame built from separate chunks is the plain encoding, and the moving
+    /// decoder gives back every packet (as slices of one buffer) and agrees with the plain
+    /// decoder on damaged batches.
+    #[test]
+    fn put_batch_frame_matches_the_full_encoding_and_decodes() {
+        for sizes in [vec![], vec![0], vec![1, 127, 128, 70_000], vec![300; 40]] {
+            let parts: Vec<(SignedOrder, Bytes)> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| {
+                    let mut o = order();
+                    o.order.size_bytes = n as u64;
+                    o.order.packet.0[0] = i as u8;
+                    (o, Bytes::from((0..n).map(|j| (j % 249) as u8).collect::<Vec<u8>>()))
+                })
+                .collect();
+            let split: Vec<u8> = PutPackets::frame(&parts).concat();
+            let full = wire::encode_frame(&NodeRequest::PutBatch(PutPackets {
+                packets: parts
+                    .iter()
+                    .map(|(order, data)| PutPacket {
+                        order: order.clone(),
+                        data: data.clone(),
+                    })
+                    .collect(),
+            }));
+            assert_eq!(split, full, "sizes {sizes:?}");
+            let total: usize = sizes.iter().sum();
+            assert!(split.len() <= PutPackets::frame_bytes_bound(sizes.len(), total));
+            let body = split[HEADER_LEN..].to_vec();
+            match decode_request(body.clone()).unwrap() {
+                NodeRequest::PutBatch(b) => {
+                    assert_eq!(b.packets.len(), parts.len());
+                    for (p, (o, d)) in b.packets.iter().zip(&parts) {
+                        assert_eq!(&p.order, o);
+                        assert_eq!(&p.data, d);
+                    }
+                }
+                other => panic!("decoded {other:?}"),
+            }
+            if !body.is_empty() {
+                for damaged in [
+                    body[..body.len() - 1].to_vec(),
+                    [&body[..], &[7]].concat(),
+                ] {
+                    let plain = wire::decode_body::<NodeRequest>(&damaged);
+                    let moving = decode_request(damaged);
+                    assert_eq!(plain.is_ok(), moving.is_ok(), "sizes {sizes:?}");
+                }
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(32))]
         #[test]
@@ -274,7 +473,7 @@ mod tests {
             let mut f = PutPacket::frame_head(&order(), data.len());
             f.extend_from_slice(&data);
             match wire::decode_frame::<NodeRequest>(&f, MAX_FRAME_BYTES).unwrap() {
-                NodeRequest::Put(p) => prop_assert_eq!(p.data, data),
+                NodeRequest::Put(p) => prop_assert_eq!(&p.data[..], &data[..]),
                 other => prop_assert!(false, "decoded {:?}", other),
             }
         }

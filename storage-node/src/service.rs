@@ -5,7 +5,8 @@
 use std::sync::{Arc, RwLock};
 
 use gridback_proto::node_api::{
-    DeletePacket, Deleted, GetPacket, NodeHealthReport, NodeRequest, PacketData, PutAck, PutPacket,
+    DeletePacket, Deleted, GetPacket, GetPackets, MAX_BATCH_PACKETS, NodeHealthReport, NodeRequest,
+    PacketData, PacketsData, PutAck, PutAcks, PutPacket, PutPackets,
 };
 use gridback_proto::order::OrderError;
 use gridback_proto::transport::{Peer, Service, respond};
@@ -59,6 +60,17 @@ impl OrderKey {
         *g = (public_key.to_vec(), OrderVerifier::new(public_key.to_vec()));
         true
     }
+}
+
+/// Refuse a batch of more than [`MAX_BATCH_PACKETS`] packets.
+fn check_batch_len(n: usize) -> Result<(), WireError> {
+    if n > MAX_BATCH_PACKETS {
+        return Err(WireError::new(
+            ErrorCode::BadRequest,
+            format!("batch of {n} packets exceeds the limit of {MAX_BATCH_PACKETS}"),
+        ));
+    }
+    Ok(())
 }
 
 /// The storage node service served over QUIC.
@@ -169,6 +181,24 @@ impl NodeService {
         Ok(ack)
     }
 
+    async fn put_batch(&self, peer: Peer, req: PutPackets) -> Result<PutAcks, WireError> {
+        check_batch_len(req.packets.len())?;
+        let mut acks = Vec::with_capacity(req.packets.len());
+        for p in req.packets {
+            acks.push(self.put(peer, p).await);
+        }
+        Ok(PutAcks { acks })
+    }
+
+    async fn get_batch(&self, peer: Peer, req: GetPackets) -> Result<PacketsData, WireError> {
+        check_batch_len(req.orders.len())?;
+        let mut packets = Vec::with_capacity(req.orders.len());
+        for order in req.orders {
+            packets.push(self.get(peer, GetPacket { order }).await);
+        }
+        Ok(PacketsData { packets })
+    }
+
     async fn get(&self, peer: Peer, req: GetPacket) -> Result<PacketData, WireError> {
         self.check(&peer, &req.order, OrderOp::Get)?;
         let admission = self.gates.admit(&Self::client(&peer)?, false).await?;
@@ -208,6 +238,8 @@ impl Service for NodeService {
             NodeRequest::Get(_) => "get",
             NodeRequest::Delete(_) => "delete",
             NodeRequest::Health(_) => "health",
+            NodeRequest::PutBatch(_) => "put_batch",
+            NodeRequest::GetBatch(_) => "get_batch",
         };
         let span = debug_span!(parent: &self.span, "rpc", method, peer = %peer.addr);
         async {
@@ -216,6 +248,8 @@ impl Service for NodeService {
                 NodeRequest::Get(r) => respond(&self.get(peer, r).await),
                 NodeRequest::Delete(r) => respond(&self.delete(peer, r).await),
                 NodeRequest::Health(_) => respond(&Ok::<_, WireError>(self.health())),
+                NodeRequest::PutBatch(r) => respond(&self.put_batch(peer, r).await),
+                NodeRequest::GetBatch(r) => respond(&self.get_batch(peer, r).await),
             }
         }
         .instrument(span)

@@ -88,7 +88,12 @@ impl PacketStore {
 
     /// Store a packet durably. Storing the same bytes again is a no-op that reports
     /// `already_present`; different bytes under a taken name are a [`StoreError::Conflict`].
-    pub async fn put(&self, name: PacketName, data: Vec<u8>) -> Result<PutAck, StoreError> {
+    pub async fn put(
+        &self,
+        name: PacketName,
+        data: impl Into<bytes::Bytes>,
+    ) -> Result<PutAck, StoreError> {
+        let data = data.into();
         let inner = self.inner.clone();
         blocking(move || inner.put(name, &data)).await
     }

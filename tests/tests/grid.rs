@@ -258,7 +258,7 @@ async fn a_put_without_a_valid_order_is_refused() {
         &conn,
         PutPacket {
             order,
-            data: vec![1, 2, 3, 4],
+            data: vec![1, 2, 3, 4].into(),
         },
         Duration::from_secs(5),
     )
