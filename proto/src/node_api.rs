@@ -133,7 +133,10 @@ pub fn decode_request(body: Vec<u8>) -> Result<NodeRequest, FrameError> {
             packets: puts.collect(),
         })
     } else {
-        NodeRequest::Put(puts.next().ok_or(FrameError::Truncated { need: 1, have: 0 })?)
+        NodeRequest::Put(
+            puts.next()
+                .ok_or(FrameError::Truncated { need: 1, have: 0 })?,
+        )
     })
 }
 
@@ -426,7 +429,10 @@ mod tests {
                     let mut o = order();
                     o.order.size_bytes = n as u64;
                     o.order.packet.0[0] = i as u8;
-                    (o, Bytes::from((0..n).map(|j| (j % 249) as u8).collect::<Vec<u8>>()))
+                    (
+                        o,
+                        Bytes::from((0..n).map(|j| (j % 249) as u8).collect::<Vec<u8>>()),
+                    )
                 })
                 .collect();
             let split: Vec<u8> = PutPackets::frame(&parts).concat();
@@ -454,10 +460,7 @@ mod tests {
                 other => panic!("decoded {other:?}"),
             }
             if !body.is_empty() {
-                for damaged in [
-                    body[..body.len() - 1].to_vec(),
-                    [&body[..], &[7]].concat(),
-                ] {
+                for damaged in [body[..body.len() - 1].to_vec(), [&body[..], &[7]].concat()] {
                     let plain = wire::decode_body::<NodeRequest>(&damaged);
                     let moving = decode_request(damaged);
                     assert_eq!(plain.is_ok(), moving.is_ok(), "sizes {sizes:?}");

@@ -80,7 +80,9 @@ impl Service for Node {
                     }
                     let checksum = *blake3::hash(&p.data).as_bytes();
                     let mut packets = self.packets.lock().unwrap();
-                    let already_present = packets.insert(p.order.order.packet, p.data.to_vec()).is_some();
+                    let already_present = packets
+                        .insert(p.order.order.packet, p.data.to_vec())
+                        .is_some();
                     Ok(PutAck {
                         checksum,
                         already_present,

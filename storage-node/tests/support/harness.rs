@@ -160,10 +160,15 @@ impl Client {
     }
 
     pub async fn put(&self, order: SignedOrder, data: Vec<u8>) -> Result<PutAck, CallError> {
-        transport::call(&self.conn, PutPacket {
+        transport::call(
+            &self.conn,
+            PutPacket {
                 order,
                 data: data.into(),
-            }, CALL_TIMEOUT).await
+            },
+            CALL_TIMEOUT,
+        )
+        .await
     }
 
     pub async fn get(&self, order: SignedOrder) -> Result<PacketData, CallError> {
