@@ -14,8 +14,9 @@
 //! [pipeline]
 //! workers = 0               # CPU workers for compress/encrypt; 0 = number of cores
 //! compression_level = 3
-//! batch_chunks = 32
-//! upload_concurrency = 24
+//! batch_chunks = 256        # chunks per batch (of many files) at most
+//! upload_concurrency = 24   # put requests in flight (each to one node, many packets)
+//! upload_memory = "32MiB"   # plaintext in the upload pipeline at once
 //! [mount]
 //! cache_size = "256MiB"
 //! readahead_chunks = 4
@@ -139,10 +140,14 @@ pub struct PipelineConfig {
     pub workers: usize,
     /// zstd level (1..=22) for chunks that compress.
     pub compression_level: i32,
-    /// Chunks per coordinator round trip (dedup query, allocation, commit).
+    /// Chunks per batch at most: one coordinator round trip each for the dedup query, the
+    /// allocation and the commit, and one put request per node, for all of them.
     pub batch_chunks: usize,
-    /// Packet uploads in flight at once, over all nodes.
+    /// Put requests in flight at once, over all nodes (each carries many packets).
     pub upload_concurrency: usize,
+    /// Plaintext bytes in the upload pipeline at once, all files together (readers wait
+    /// beyond it); at least one largest chunk.
+    pub upload_memory: ByteSize,
 }
 
 impl Default for PipelineConfig {
@@ -150,13 +155,22 @@ impl Default for PipelineConfig {
         Self {
             workers: 0,
             compression_level: 3,
-            batch_chunks: 32,
+            batch_chunks: crate::uploader::DEFAULT_BATCH_CHUNKS,
             upload_concurrency: 24,
+            upload_memory: ByteSize(crate::uploader::DEFAULT_MEMORY_BYTES as u64),
         }
     }
 }
 
 impl PipelineConfig {
+    /// The upload memory budget in bytes.
+    pub fn upload_memory_bytes(&self) -> Result<usize, ConfigError> {
+        usize::try_from(self.upload_memory.0).map_err(|_| ConfigError::Invalid {
+            field: "pipeline.upload_memory",
+            reason: "too large".into(),
+        })
+    }
+
     /// Workers, with 0 resolved to the number of cores.
     pub fn effective_workers(&self) -> usize {
         if self.workers > 0 {
@@ -302,6 +316,15 @@ impl ClientConfig {
             self.pipeline.upload_concurrency,
         )?;
         positive("mount.fuse_threads", self.mount.fuse_threads)?;
+        if self.pipeline.batch_chunks > gridback_proto::coord_api::MAX_BATCH_CHUNKS {
+            return Err(ConfigError::Invalid {
+                field: "pipeline.batch_chunks",
+                reason: format!(
+                    "at most {} (the coordinator's batch limit)",
+                    gridback_proto::coord_api::MAX_BATCH_CHUNKS
+                ),
+            });
+        }
         if self.coordinator_addr.trim().is_empty() {
             return Err(ConfigError::Invalid {
                 field: "coordinator_addr",

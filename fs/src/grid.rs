@@ -87,6 +87,32 @@ pub enum GridError {
 }
 
 impl GridError {
+    /// The same error again, for each of many callers that one failure concerns (a batch
+    /// carries chunks of many files): an I/O cause is carried over by kind and message.
+    pub fn duplicate(&self) -> GridError {
+        match self {
+            GridError::NoPlacement { chunk, reason } => GridError::NoPlacement {
+                chunk: chunk.clone(),
+                reason: reason.clone(),
+            },
+            GridError::QuotaExceeded(m) => GridError::QuotaExceeded(m.clone()),
+            GridError::Suspended(m) => GridError::Suspended(m.clone()),
+            GridError::ChunkUnavailable { chunk, reason } => GridError::ChunkUnavailable {
+                chunk: *chunk,
+                reason: reason.clone(),
+            },
+            GridError::UploadFailed { chunk, reason } => GridError::UploadFailed {
+                chunk: *chunk,
+                reason: reason.clone(),
+            },
+            GridError::NoSuchSnapshot(m) => GridError::NoSuchSnapshot(m.clone()),
+            GridError::Conflict(m) => GridError::Conflict(m.clone()),
+            GridError::Coordinator(m) => GridError::Coordinator(m.clone()),
+            GridError::Source(e) => GridError::Source(std::io::Error::new(e.kind(), e.to_string())),
+            GridError::Internal(m) => GridError::Internal(m.clone()),
+        }
+    }
+
     /// The errno a FUSE caller sees.
     pub fn errno(&self) -> i32 {
         match self {

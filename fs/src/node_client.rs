@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use gridback_proto::node_api::{GetPacket, PacketData, PutAck, PutPacket};
+use gridback_proto::node_api::{GetPacket, PacketData, PutAck, PutPacket, PutPackets};
 use gridback_proto::tls::node_server_name;
 use gridback_proto::transport::{CallError, ConnPool, DEFAULT_CALL_TIMEOUT};
 use gridback_proto::{NodeId, SignedOrder};
@@ -198,6 +198,57 @@ impl NodeClient {
             return Err(TransferError::Checksum { node });
         }
         Ok(ack)
+    }
+
+    /// Store several packets on one node with one request (the node makes them durable with
+    /// one sync). Each part is `(order, data, charged_bytes)`; the answer has one result per
+    /// part, in order, each checked like [`NodeClient::put`]'s. An error of the call itself
+    /// (node unreachable, timeout, refused batch) fails every part.
+    pub async fn put_batch(
+        &self,
+        node: NodeId,
+        addr: &str,
+        parts: Vec<(SignedOrder, Bytes, u64)>,
+    ) -> Result<Vec<Result<PutAck, TransferError>>, TransferError> {
+        let expected: Vec<blake3::Hash> = parts.iter().map(|p| blake3::hash(&p.1)).collect();
+        let bytes: usize = parts.iter().map(|p| p.1.len()).sum();
+        let charge: u64 = parts.iter().map(|p| p.2).sum();
+        let span = debug_span!("put_batch", node = %node, packets = parts.len(), bytes);
+        let _transfer = self.limits.transfers.acquire().await;
+        self.limits.up.acquire(charge).await;
+        self.ensure_connected(node, addr).await?;
+        let frame: Vec<(SignedOrder, Bytes)> = parts.into_iter().map(|(o, d, _)| (o, d)).collect();
+        let n = frame.len();
+        let acks = self
+            .pool
+            .call_encoded::<PutPackets>(
+                addr,
+                &node_server_name(node),
+                PutPackets::frame(&frame),
+                self.timeout,
+            )
+            .instrument(span)
+            .await?;
+        if acks.acks.len() != n {
+            return Err(TransferError::Call(CallError::Io {
+                addr: addr.to_string(),
+                reason: format!("put_batch answered {} results for {n}", acks.acks.len()),
+            }));
+        }
+        Ok(acks
+            .acks
+            .into_iter()
+            .zip(expected)
+            .map(|(ack, want)| match ack {
+                Ok(a) if blake3::Hash::from_bytes(a.checksum) == want => Ok(a),
+                Ok(_) => Err(TransferError::Checksum { node }),
+                Err(error) => Err(TransferError::Call(CallError::Remote {
+                    addr: addr.to_string(),
+                    rpc: "put_batch",
+                    error,
+                })),
+            })
+            .collect())
     }
 
     /// Read a packet and check it against the checksum recorded at commit and its size.

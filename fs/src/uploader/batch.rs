@@ -1,274 +1,417 @@
-//! The stages of one batch: chunking (blocking thread), preparing (dedup query and sealing)
-//! and uploading (allocation, erasure coding, packet puts with target replacement, commit).
+//! The stages of one batch: preparing (dedup against the pipeline and the coordinator,
+//! sealing new chunks on the CPU pool) and uploading (allocation, erasure coding, packet puts,
+//! commit), and telling each store's ticket how its chunks fared.
 
-use std::collections::HashSet;
-use std::io::Read;
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
-use gridback_proto::coord_api::{
-    Allocation, ChunkAlloc, ChunkCommit, PacketPlacement, ReplaceTargets, Target,
-};
-use gridback_proto::transport::CallError;
-use gridback_proto::{ChunkId, ErrorCode, NodeId};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tracing::{Instrument, debug_span, error, warn};
+use gridback_proto::ChunkId;
+use gridback_proto::coord_api::{Allocation, ChunkAlloc, ChunkCommit};
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::warn;
 
-use super::{MAX_BATCH_BYTES, MAX_PUT_ATTEMPTS, Uploader};
-use crate::chunker::Chunker;
+use super::Shared;
+use super::engine::Item;
+use super::puts::ChunkUpload;
+use super::ticket::{Ticket, TicketStats};
 use crate::coord_client::grid_error;
-use crate::crypto::ChunkCrypto;
-use crate::erasure::{self, Encoded, ErasureParams};
-use crate::grid::{ChunkRef, GridError, StoredData};
-use crate::node_client::{TransferError, put_charge};
+use crate::erasure::{self, ErasureParams};
+use crate::grid::GridError;
 use crate::packet;
 
-/// Chunks read from the stream, with their ids.
-pub(super) struct RawBatch {
-    chunks: Vec<(ChunkId, Bytes)>,
-    permit: OwnedSemaphorePermit,
+/// Plaintext sealed by one CPU task at least: small chunks are sealed a group at a time so
+/// that a batch of hundreds of small files costs a few task hand-offs, not hundreds.
+const SEAL_GROUP_BYTES: usize = 2 * 1024 * 1024;
+
+/// A chunk of the batch before sealing; `tickets` has one entry per copy of it in the batch
+/// (each copy counted once in its store's ticket).
+struct Pending {
+    id: ChunkId,
+    data: Bytes,
+    tickets: Vec<Arc<Ticket>>,
+    memory: Vec<OwnedSemaphorePermit>,
 }
 
-/// A chunk compressed, encrypted and padded.
-struct SealedChunk {
+/// A chunk the grid does not have yet, sealed.
+pub(super) struct NewChunk {
     id: ChunkId,
     len: u32,
     blob: Vec<u8>,
+    /// Stores waiting for it; the first one is charged its upload in the stats.
+    tickets: Vec<Arc<Ticket>>,
+    _memory: Vec<OwnedSemaphorePermit>,
+}
+
+/// A chunk the grid has (or an earlier batch is storing): committed as a reference.
+pub(super) struct RefChunk {
+    id: ChunkId,
+    tickets: Vec<Arc<Ticket>>,
+    _memory: Vec<OwnedSemaphorePermit>,
 }
 
 /// A batch ready to upload.
 pub(super) struct PreparedBatch {
-    /// Every chunk of the batch, in stream order.
-    pub(super) refs: Vec<ChunkRef>,
-    new: Vec<SealedChunk>,
-    dedup_refs: Vec<ChunkId>,
-    _permit: OwnedSemaphorePermit,
+    /// Its number (batches commit in this order).
+    pub(super) seq: u64,
+    snapshot: String,
+    new: Vec<NewChunk>,
+    refs: Vec<RefChunk>,
 }
 
-/// What uploading one batch did.
-#[derive(Debug, Default)]
-pub(super) struct BatchOutcome {
-    new_chunks: u64,
-    new_bytes: u64,
-    uploaded_bytes: u64,
-}
-
-impl BatchOutcome {
-    pub(super) fn add_to(&self, out: &mut StoredData) {
-        out.new_chunks += self.new_chunks;
-        out.new_bytes += self.new_bytes;
-        out.uploaded_bytes += self.uploaded_bytes;
-    }
-}
-
-/// One chunk while its packets upload. The packets themselves travel with their put jobs
-/// (slices of one buffer per chunk), so the buffer is freed as soon as the last put of the
-/// chunk is acknowledged, not when the whole batch is committed.
-struct ChunkUpload {
-    id: ChunkId,
-    k: u8,
-    m: u8,
-    shard_bytes: u64,
-    /// Nodes holding (or about to hold) a packet of this chunk, and nodes that failed.
-    used: Mutex<HashSet<NodeId>>,
-}
-
-/// Body of the blocking chunker thread: read, cut, identify, and hand over full batches.
-pub(super) fn chunk_stream(
-    mut chunker: Chunker<Box<dyn Read + Send>>,
-    crypto: &ChunkCrypto,
-    batch_chunks: usize,
-    permits: &Arc<Semaphore>,
-    tx: &mpsc::Sender<Result<RawBatch, GridError>>,
-    rt: &tokio::runtime::Handle,
-) {
-    loop {
-        // Closed when the store ends: stop quietly.
-        let Ok(permit) = rt.block_on(permits.clone().acquire_owned()) else {
-            return;
-        };
-        let mut chunks = Vec::with_capacity(batch_chunks);
-        let mut bytes = 0;
-        let mut eof = false;
-        while chunks.len() < batch_chunks && bytes < MAX_BATCH_BYTES {
-            match chunker.next() {
-                None => {
-                    eof = true;
-                    break;
-                }
-                Some(Err(e)) => {
-                    let _ = tx.blocking_send(Err(GridError::Source(e)));
-                    return;
-                }
-                Some(Ok(data)) => {
-                    bytes += data.len();
-                    chunks.push((crypto.chunk_id(&data), data));
-                }
-            }
-        }
-        if !chunks.is_empty() && tx.blocking_send(Ok(RawBatch { chunks, permit })).is_err() {
-            return;
-        }
-        if eof {
-            return;
-        }
-    }
+/// Where a chunk id of the batch went while deduplicating.
+enum Fate {
+    /// `pending[i]`: not known yet.
+    Pending(usize),
+    /// `refs[i]`: stored or being stored by an earlier batch.
+    Ref(usize),
 }
 
 fn join_error(e: tokio::task::JoinError) -> GridError {
     GridError::Internal(format!("worker task failed: {e}"))
 }
 
-impl Uploader {
-    /// Dedup query, then seal the new chunks on the CPU pool.
-    pub(super) async fn prepare(
-        &self,
-        raw: RawBatch,
-        seen: &mut HashSet<ChunkId>,
-    ) -> Result<PreparedBatch, GridError> {
-        let ids: Vec<ChunkId> = raw.chunks.iter().map(|c| c.0).collect();
-        let present = self
-            .coord
-            .query_chunks(&ids)
-            .await
-            .map_err(|e| grid_error(e, None))?;
-        let refs = raw
-            .chunks
-            .iter()
-            .map(|(id, d)| ChunkRef {
-                id: *id,
-                len: d.len() as u32,
-            })
-            .collect();
-        let mut dedup_refs = Vec::new();
-        let mut to_seal = Vec::new();
-        for ((id, data), present) in raw.chunks.into_iter().zip(present) {
-            // A chunk seen earlier in this stream is committed (or being committed) already.
-            if !seen.insert(id) {
-                continue;
-            }
-            if present {
-                dedup_refs.push(id)
-            } else {
-                to_seal.push((id, data))
+/// Tell every store of a failed batch.
+fn fail_all(tickets: &[Arc<Ticket>], e: &GridError) {
+    for t in tickets {
+        t.finish(Err(e));
+    }
+}
+
+impl Shared {
+    /// Dedup (within the batch, against batches in flight, then one `QueryChunks`) and seal
+    /// the new chunks. On failure every store with a chunk in the batch is told and `None`
+    /// returned.
+    pub(super) async fn prepare(&self, seq: u64, items: Vec<Item>) -> Option<PreparedBatch> {
+        let snapshot = items[0].ticket.snapshot.clone();
+        let all: Vec<Arc<Ticket>> = items.iter().map(|i| i.ticket.clone()).collect();
+        let mut fate: HashMap<ChunkId, Fate> = HashMap::new();
+        let mut pending: Vec<Pending> = Vec::new();
+        let mut refs: Vec<RefChunk> = Vec::new();
+        {
+            let inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            for Item {
+                id,
+                data,
+                ticket,
+                _memory,
+            } in items
+            {
+                match fate.entry(id) {
+                    Entry::Occupied(e) => match *e.get() {
+                        Fate::Pending(i) => {
+                            pending[i].tickets.push(ticket);
+                            pending[i].memory.push(_memory);
+                        }
+                        Fate::Ref(i) => {
+                            refs[i].tickets.push(ticket);
+                            refs[i]._memory.push(_memory);
+                        }
+                    },
+                    Entry::Vacant(v) if inflight.contains_key(&id) => {
+                        v.insert(Fate::Ref(refs.len()));
+                        refs.push(RefChunk {
+                            id,
+                            tickets: vec![ticket],
+                            _memory: vec![_memory],
+                        });
+                    }
+                    Entry::Vacant(v) => {
+                        v.insert(Fate::Pending(pending.len()));
+                        pending.push(Pending {
+                            id,
+                            data,
+                            tickets: vec![ticket],
+                            memory: vec![_memory],
+                        });
+                    }
+                }
             }
         }
-        let new =
-            futures::future::try_join_all(to_seal.into_iter().map(|(id, d)| self.seal(id, d)))
-                .await?;
-        Ok(PreparedBatch {
-            refs,
+        let ids: Vec<ChunkId> = pending.iter().map(|p| p.id).collect();
+        let present = if ids.is_empty() {
+            Vec::new()
+        } else {
+            match self.coord.query_chunks(&ids).await {
+                Ok(p) => p,
+                Err(e) => {
+                    let e = grid_error(e, None);
+                    warn!(error = %e, chunks = ids.len(), "dedup query failed");
+                    fail_all(&all, &e);
+                    return None;
+                }
+            }
+        };
+        let mut to_seal = Vec::new();
+        for (p, present) in pending.into_iter().zip(present) {
+            if present {
+                refs.push(RefChunk {
+                    id: p.id,
+                    tickets: p.tickets,
+                    _memory: p.memory,
+                });
+            } else {
+                to_seal.push(p);
+            }
+        }
+        let new = match self.seal_all(to_seal).await {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(error = %e, "sealing failed");
+                fail_all(&all, &e);
+                return None;
+            }
+        };
+        {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            for c in &new {
+                inflight.insert(c.id, seq);
+            }
+        }
+        Some(PreparedBatch {
+            seq,
+            snapshot,
             new,
-            dedup_refs,
-            _permit: raw.permit,
+            refs,
         })
     }
 
-    async fn seal(&self, id: ChunkId, data: Bytes) -> Result<SealedChunk, GridError> {
+    /// Seal chunks on the CPU pool, a group of at least [`SEAL_GROUP_BYTES`] per task, the
+    /// groups in parallel (bounded by the CPU limit).
+    async fn seal_all(&self, chunks: Vec<Pending>) -> Result<Vec<NewChunk>, GridError> {
+        let mut groups: Vec<Vec<Pending>> = Vec::new();
+        let mut group_bytes = 0;
+        for c in chunks {
+            if groups.is_empty() || group_bytes >= SEAL_GROUP_BYTES {
+                groups.push(Vec::new());
+                group_bytes = 0;
+            }
+            group_bytes += c.data.len();
+            if let Some(g) = groups.last_mut() {
+                g.push(c);
+            }
+        }
+        let sealed =
+            futures::future::try_join_all(groups.into_iter().map(|g| self.seal_group(g))).await?;
+        Ok(sealed.into_iter().flatten().collect())
+    }
+
+    async fn seal_group(&self, group: Vec<Pending>) -> Result<Vec<NewChunk>, GridError> {
         let _cpu = self.cpu.acquire().await;
-        let (crypto, level) = (self.crypto.clone(), self.params.level);
-        let hint = self.erasure_hint();
-        let pool = self.pool.clone();
-        let len = data.len() as u32;
-        let blob = tokio::task::spawn_blocking(move || {
-            packet::seal_chunk_for(&crypto, level, &id, &data, hint, Some(&pool))
+        let (crypto, level, hint, pool) = (
+            self.crypto.clone(),
+            self.params.level,
+            self.erasure_hint(),
+            self.pool.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            group
+                .into_iter()
+                .map(|p| {
+                    let blob =
+                        packet::seal_chunk_for(&crypto, level, &p.id, &p.data, hint, Some(&pool))
+                            .map_err(|e| {
+                            GridError::Internal(format!("sealing chunk {:?}: {e}", p.id))
+                        })?;
+                    Ok(NewChunk {
+                        id: p.id,
+                        len: p.data.len() as u32,
+                        blob,
+                        tickets: p.tickets,
+                        _memory: p.memory,
+                    })
+                })
+                .collect::<Result<Vec<NewChunk>, GridError>>()
         })
         .await
         .map_err(join_error)?
-        .map_err(|e| GridError::Internal(format!("sealing chunk {id:?}: {e}")))?;
-        Ok(SealedChunk { id, len, blob })
     }
 
-    /// Allocate, encode, put every packet, commit.
-    pub(super) async fn upload_batch(
-        &self,
-        snapshot: &str,
-        batch: PreparedBatch,
-    ) -> Result<BatchOutcome, GridError> {
+    /// Allocate, encode, put every packet, commit; then tell every store of the batch.
+    pub(super) async fn upload(&self, batch: PreparedBatch) {
         let PreparedBatch {
+            seq,
+            snapshot,
             new,
-            dedup_refs,
-            _permit,
-            ..
+            refs,
         } = batch;
-        let mut outcome = BatchOutcome::default();
-        let mut commits = Vec::with_capacity(new.len());
-        if !new.is_empty() {
-            let req = new.iter().map(|c| ChunkAlloc {
+        let new_ids: Vec<ChunkId> = new.iter().map(|c| c.id).collect();
+        let result = self.upload_new(new).await;
+        let (mut stored, mut failed, whole) = match result {
+            Ok((stored, failed)) => (stored, failed, None),
+            Err((e, chunks)) => (Vec::new(), chunks, Some(e)),
+        };
+        let mut commit_error = whole;
+        if commit_error.is_none() && (!stored.is_empty() || !refs.is_empty()) {
+            let commits: Vec<ChunkCommit> = stored.iter().map(|s| s.commit.clone()).collect();
+            let ref_ids: Vec<ChunkId> = refs.iter().map(|r| r.id).collect();
+            if let Err(e) = self.coord.commit(&snapshot, commits, ref_ids).await {
+                let e = grid_error(e, None);
+                warn!(snapshot, error = %e, "commit failed");
+                commit_error = Some(e);
+            }
+        }
+        {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            for id in &new_ids {
+                if inflight.get(id) == Some(&seq) {
+                    inflight.remove(id);
+                }
+            }
+        }
+        match &commit_error {
+            Some(e) => {
+                for s in stored.drain(..) {
+                    failed.push((s.chunk.tickets, e.duplicate()));
+                }
+                for r in &refs {
+                    for t in &r.tickets {
+                        t.finish(Err(e));
+                    }
+                }
+            }
+            None => {
+                for s in stored {
+                    let mut first = true;
+                    for t in &s.chunk.tickets {
+                        let stats = if first {
+                            TicketStats {
+                                new_chunks: 1,
+                                new_bytes: u64::from(s.chunk.len),
+                                uploaded_bytes: s.uploaded_bytes,
+                            }
+                        } else {
+                            TicketStats::default()
+                        };
+                        first = false;
+                        t.finish(Ok(stats));
+                    }
+                }
+                for r in &refs {
+                    for t in &r.tickets {
+                        t.finish(Ok(TicketStats::default()));
+                    }
+                }
+            }
+        }
+        for (tickets, e) in failed {
+            for t in &tickets {
+                t.finish(Err(&e));
+            }
+        }
+    }
+
+    /// Allocate and upload the new chunks of a batch. `Ok` gives the chunks stored and the
+    /// chunks that failed (with their stores and why); `Err` a refusal of the whole batch.
+    #[allow(clippy::type_complexity)]
+    async fn upload_new(
+        &self,
+        new: Vec<NewChunk>,
+    ) -> Result<
+        (Vec<Stored>, Vec<(Vec<Arc<Ticket>>, GridError)>),
+        (GridError, Vec<(Vec<Arc<Ticket>>, GridError)>),
+    > {
+        if new.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let req = new
+            .iter()
+            .map(|c| ChunkAlloc {
                 id: c.id,
                 blob_bytes: c.blob.len() as u64,
-            });
-            let allocs = self
-                .coord
-                .allocate(req.collect(), self.recent_failures())
-                .await
-                .map_err(|e| grid_error(e, None))?;
-            outcome.new_chunks = new.len() as u64;
-            outcome.new_bytes = new.iter().map(|c| u64::from(c.len)).sum();
-            let encoded = futures::future::try_join_all(
-                new.into_iter().zip(allocs).map(|(c, a)| self.encode(c, a)),
-            )
-            .await?;
-            let mut jobs: Vec<(usize, Arc<ChunkUpload>, Target, Bytes)> = Vec::new();
-            let mut uploads = Vec::with_capacity(encoded.len());
-            for (i, (up, targets, packets)) in encoded.into_iter().enumerate() {
-                for t in targets {
-                    let data = packets.packet(usize::from(t.index)).ok_or_else(|| {
-                        GridError::Internal(format!("no packet {} of chunk {:?}", t.index, up.id))
-                    })?;
-                    jobs.push((i, up.clone(), t, data));
+            })
+            .collect();
+        let allocs = match self.coord.allocate(req, self.recent_failures()).await {
+            Ok(a) => a,
+            Err(e) => {
+                let e = grid_error(e, None);
+                warn!(chunks = new.len(), error = %e, "allocation refused");
+                let failed = new
+                    .into_iter()
+                    .map(|c| (c.tickets, e.duplicate()))
+                    .collect();
+                return Err((e, failed));
+            }
+        };
+        let encoded =
+            futures::future::join_all(new.into_iter().zip(allocs).map(|(c, a)| self.encode(c, a)))
+                .await;
+        let mut uploads = Vec::new();
+        let mut chunks = Vec::new();
+        let mut failed = Vec::new();
+        for r in encoded {
+            match r {
+                Ok((up, chunk)) => {
+                    uploads.push(up);
+                    chunks.push(chunk);
                 }
-                uploads.push(up);
-            }
-            let encoded = uploads;
-            let placed: Vec<(usize, PacketPlacement)> = futures::stream::iter(jobs)
-                .map(|(i, up, t, data)| async move {
-                    self.put_packet(&up, t, data).await.map(|p| (i, p))
-                })
-                .buffer_unordered(self.params.upload_concurrency.max(1))
-                .try_collect()
-                .await?;
-            let mut per_chunk: Vec<Vec<PacketPlacement>> = vec![Vec::new(); encoded.len()];
-            for (i, p) in placed {
-                per_chunk[i].push(p);
-            }
-            for (up, mut packets) in encoded.iter().zip(per_chunk) {
-                packets.sort_by_key(|p| p.index);
-                outcome.uploaded_bytes += up.shard_bytes * packets.len() as u64;
-                let (k, m, shard_bytes) = (up.k, up.m, up.shard_bytes);
-                commits.push(ChunkCommit {
-                    id: up.id,
-                    k,
-                    m,
-                    shard_bytes,
-                    packets,
-                });
+                Err((e, chunk)) => failed.push((chunk.tickets, e)),
             }
         }
-        if !commits.is_empty() || !dedup_refs.is_empty() {
-            self.coord
-                .commit(snapshot, commits, dedup_refs)
-                .await
-                .map_err(|e| grid_error(e, None))?;
+        let placed = self.put_all(&uploads).await;
+        if let Some(e) = placed.iter().find_map(|r| match r {
+            Err(e @ GridError::Suspended(_)) => Some(e.duplicate()),
+            _ => None,
+        }) {
+            let mut all = failed;
+            all.extend(chunks.into_iter().map(|c| (c.tickets, e.duplicate())));
+            return Err((e, all));
         }
-        Ok(outcome)
+        let mut stored = Vec::new();
+        for ((up, chunk), r) in uploads.iter().zip(chunks).zip(placed) {
+            match r {
+                Ok(mut packets) => {
+                    packets.sort_by_key(|p| p.index);
+                    let uploaded_bytes = up.shard_bytes * packets.len() as u64;
+                    stored.push(Stored {
+                        commit: ChunkCommit {
+                            id: up.id,
+                            k: up.k,
+                            m: up.m,
+                            shard_bytes: up.shard_bytes,
+                            packets,
+                        },
+                        uploaded_bytes,
+                        chunk,
+                    });
+                }
+                Err(e) => failed.push((chunk.tickets, e)),
+            }
+        }
+        Ok((stored, failed))
     }
 
     /// Check an allocation and cut the chunk's packets on the CPU pool.
     async fn encode(
         &self,
-        chunk: SealedChunk,
+        chunk: NewChunk,
         alloc: Allocation,
-    ) -> Result<(Arc<ChunkUpload>, Vec<Target>, Encoded), GridError> {
-        let id = chunk.id;
+    ) -> Result<(Arc<ChunkUpload>, StoredChunk), (GridError, StoredChunk)> {
+        let NewChunk {
+            id,
+            len,
+            blob,
+            tickets,
+            _memory,
+        } = chunk;
+        let rest = StoredChunk {
+            len,
+            tickets,
+            _memory,
+        };
         let bad =
             |reason: String| GridError::Internal(format!("allocation for chunk {id:?}: {reason}"));
         if alloc.id != id {
-            return Err(bad(format!("coordinator answered for {:?}", alloc.id)));
+            return Err((
+                bad(format!("coordinator answered for {:?}", alloc.id)),
+                rest,
+            ));
         }
-        let params = ErasureParams::new(alloc.k, alloc.m, alloc.shard_bytes)
-            .map_err(|e| bad(e.to_string()))?;
+        let params = match ErasureParams::new(alloc.k, alloc.m, alloc.shard_bytes) {
+            Ok(p) => p,
+            Err(e) => return Err((bad(e.to_string()), rest)),
+        };
         if alloc.targets.len() != params.total()
             || alloc
                 .targets
@@ -276,119 +419,39 @@ impl Uploader {
                 .enumerate()
                 .any(|(i, t)| usize::from(t.index) != i)
         {
-            return Err(bad(format!(
+            let why = format!(
                 "{} targets for k+m = {}",
                 alloc.targets.len(),
                 params.total()
-            )));
+            );
+            return Err((bad(why), rest));
         }
         let _cpu = self.cpu.acquire().await;
         self.note_erasure(alloc.k, alloc.m);
         let pool = self.pool.clone();
         let packets = tokio::task::spawn_blocking(move || {
-            erasure::encode_in_place_with(chunk.blob, params, |b| pool.into_bytes(b))
+            erasure::encode_in_place_with(blob, params, |b| pool.into_bytes(b))
         })
-        .await
-        .map_err(join_error)?
-        .map_err(|e| bad(e.to_string()))?;
-        let used = alloc.targets.iter().map(|t| t.node).collect();
-        let up = ChunkUpload {
-            id,
-            k: alloc.k,
-            m: alloc.m,
-            shard_bytes: alloc.shard_bytes,
-            used: Mutex::new(used),
+        .await;
+        let packets = match packets {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => return Err((bad(e.to_string()), rest)),
+            Err(e) => return Err((join_error(e), rest)),
         };
-        Ok((Arc::new(up), alloc.targets, packets))
-    }
-
-    /// Put one packet, moving it to a replacement target when a node fails.
-    async fn put_packet(
-        &self,
-        up: &ChunkUpload,
-        mut target: Target,
-        data: Bytes,
-    ) -> Result<PacketPlacement, GridError> {
-        let index = target.index;
-        let id = up.id;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let span = debug_span!("upload", chunk = ?id, index, node = %target.node, attempt);
-            let put = self.nodes.put(
-                target.node,
-                &target.addr,
-                target.order.clone(),
-                data.clone(),
-                put_charge(data.len(), up.k, up.m),
-            );
-            let err = match put.instrument(span).await {
-                Ok(ack) => {
-                    return Ok(PacketPlacement {
-                        index,
-                        node: target.node,
-                        packet: target.order.order.packet,
-                        checksum: ack.checksum,
-                    });
-                }
-                Err(e) => e,
-            };
-            if let TransferError::Call(call) = &err
-                && call.code() == Some(ErrorCode::Suspended)
-            {
-                // The node enforces the subscription too: no other node will take it.
-                warn!(chunk = ?id, node = %target.node, error = %err,
-                    "node refused the packet: subscription does not allow writes");
-                let message = match call {
-                    CallError::Remote { error, .. } => error.message.clone(),
-                    other => other.to_string(),
-                };
-                return Err(GridError::Suspended(message));
-            }
-            warn!(chunk = ?id, node = %target.node, index, error = %err, "packet upload failed");
-            self.note_failure(target.node);
-            if attempt >= MAX_PUT_ATTEMPTS {
-                let reason = format!("{attempt} targets failed for packet {index}, last: {err}");
-                error!(chunk = %id, %reason, "upload failed");
-                return Err(GridError::UploadFailed { chunk: id, reason });
-            }
-            let exclude: Vec<NodeId> = {
-                let mut used = up.used.lock().unwrap_or_else(|p| p.into_inner());
-                used.insert(target.node);
-                used.iter().copied().collect()
-            };
-            let req = ReplaceTargets {
-                id,
-                shard_bytes: up.shard_bytes,
-                indices: vec![index],
-                exclude,
-            };
-            match self.coord.replace_targets(req).await {
-                Ok(mut t) if !t.is_empty() => {
-                    target = t.swap_remove(0);
-                    target.index = index;
-                    up.used
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(target.node);
-                }
-                Ok(_) => unreachable_targets(id, index, &err, "coordinator returned no target")?,
-                Err(e) if e.code() == Some(ErrorCode::NoPlacement) || e.code().is_none() => {
-                    unreachable_targets(id, index, &err, &e.to_string())?
-                }
-                Err(e) => return Err(grid_error(e, Some(id))),
-            }
-        }
+        Ok((Arc::new(ChunkUpload::new(id, alloc, packets)), rest))
     }
 }
 
-fn unreachable_targets(
-    id: ChunkId,
-    index: u8,
-    put: &dyn std::fmt::Display,
-    why: &str,
-) -> Result<(), GridError> {
-    let reason = format!("packet {index}: put failed ({put}) and no replacement target: {why}");
-    error!(chunk = %id, %reason, "upload failed");
-    Err(GridError::UploadFailed { chunk: id, reason })
+/// What stays with a chunk while its packets upload: its stores and its memory.
+pub(super) struct StoredChunk {
+    len: u32,
+    tickets: Vec<Arc<Ticket>>,
+    _memory: Vec<OwnedSemaphorePermit>,
+}
+
+/// A chunk whose packets are all acknowledged.
+struct Stored {
+    commit: ChunkCommit,
+    uploaded_bytes: u64,
+    chunk: StoredChunk,
 }

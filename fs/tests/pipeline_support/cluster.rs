@@ -16,7 +16,7 @@ use gridback_fs::node_client::NodeClient;
 use gridback_fs::uploader::UploadParams;
 use gridback_proto::coord_api::*;
 use gridback_proto::location::Location;
-use gridback_proto::node_api::{NodeRequest, PacketData, PutAck};
+use gridback_proto::node_api::{NodeRequest, PacketData, PutAck, PutAcks, PutPacket};
 use gridback_proto::subscription::{ClientTerms, Limits, Subscription, SubscriptionState, Usage};
 use gridback_proto::tls::{
     COORDINATOR_SERVER_NAME, ClusterCa, client_server_name, node_server_name,
@@ -43,12 +43,44 @@ pub struct Node {
     /// While true, puts wait (a stalled network); `pending_puts` counts the waiting ones.
     hold: tokio::sync::watch::Receiver<bool>,
     pending_puts: Arc<AtomicUsize>,
+    /// Put requests (single or batch) received.
+    put_requests: AtomicUsize,
     verifier: OrderVerifier,
     stop: CancellationToken,
 }
 
 fn answer<T: serde::Serialize>(r: Result<T, WireError>) -> Vec<u8> {
     respond(&r)
+}
+
+impl Node {
+    /// Wait while puts are held (a stalled network).
+    async fn wait_unheld(&self) {
+        self.put_requests.fetch_add(1, Ordering::SeqCst);
+        let mut hold = self.hold.clone();
+        self.pending_puts.fetch_add(1, Ordering::SeqCst);
+        let _ = hold.wait_for(|h| !*h).await;
+        self.pending_puts.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Keep one packet whose order was checked.
+    fn store(&self, p: PutPacket) -> Result<PutAck, WireError> {
+        if p.data.len() as u64 != p.order.order.size_bytes {
+            return Err(WireError::new(
+                ErrorCode::BadRequest,
+                "size differs from order",
+            ));
+        }
+        let checksum = *blake3::hash(&p.data).as_bytes();
+        let mut packets = self.packets.lock().unwrap();
+        let already_present = packets
+            .insert(p.order.order.packet, p.data.to_vec())
+            .is_some();
+        Ok(PutAck {
+            checksum,
+            already_present,
+        })
+    }
 }
 
 impl Service for Node {
@@ -67,27 +99,17 @@ impl Service for Node {
         };
         match req {
             NodeRequest::Put(p) => {
-                let mut hold = self.hold.clone();
-                self.pending_puts.fetch_add(1, Ordering::SeqCst);
-                let _ = hold.wait_for(|h| !*h).await;
-                self.pending_puts.fetch_sub(1, Ordering::SeqCst);
-                answer(check(&p.order, OrderOp::Put).and_then(|()| {
-                    if p.data.len() as u64 != p.order.order.size_bytes {
-                        return Err(WireError::new(
-                            ErrorCode::BadRequest,
-                            "size differs from order",
-                        ));
-                    }
-                    let checksum = *blake3::hash(&p.data).as_bytes();
-                    let mut packets = self.packets.lock().unwrap();
-                    let already_present = packets
-                        .insert(p.order.order.packet, p.data.to_vec())
-                        .is_some();
-                    Ok(PutAck {
-                        checksum,
-                        already_present,
-                    })
-                }))
+                self.wait_unheld().await;
+                answer(check(&p.order, OrderOp::Put).and_then(|()| self.store(p)))
+            }
+            NodeRequest::PutBatch(b) => {
+                self.wait_unheld().await;
+                let acks = b
+                    .packets
+                    .into_iter()
+                    .map(|p| check(&p.order, OrderOp::Put).and_then(|()| self.store(p)))
+                    .collect();
+                answer(Ok(PutAcks { acks }))
             }
             NodeRequest::Get(_) if self.stall_gets.load(Ordering::SeqCst) => {
                 self.stop.cancelled().await;
@@ -119,6 +141,16 @@ struct CoordState {
     quota_exceeded: bool,
     limits: Limits,
     polls: usize,
+    /// Dedup queries, allocations and commits answered.
+    round_trips: RoundTrips,
+}
+
+/// Chunk-protocol requests the coordinator answered, by kind.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RoundTrips {
+    pub queries: usize,
+    pub allocations: usize,
+    pub commits: usize,
 }
 
 pub struct Coordinator {
@@ -214,6 +246,10 @@ impl Coordinator {
     }
 
     /// Polls answered so far.
+    pub fn round_trips(&self) -> RoundTrips {
+        self.state.lock().unwrap().round_trips
+    }
+
     pub fn polls(&self) -> usize {
         self.state.lock().unwrap().polls
     }
@@ -263,10 +299,14 @@ impl Service for Coordinator {
                 st.polls += 1;
                 answer(Ok(self.terms(Location::new("test", "test", "client"), &st)))
             }
-            CoordRequest::QueryChunks(q) => answer(Ok(ChunkPresence {
-                present: q.ids.iter().map(|i| st.chunks.contains_key(i)).collect(),
-            })),
+            CoordRequest::QueryChunks(q) => {
+                st.round_trips.queries += 1;
+                answer(Ok(ChunkPresence {
+                    present: q.ids.iter().map(|i| st.chunks.contains_key(i)).collect(),
+                }))
+            }
             CoordRequest::AllocateChunks(a) => {
+                st.round_trips.allocations += 1;
                 if st.quota_exceeded {
                     return answer::<()>(refuse(ErrorCode::QuotaExceeded, "over 1 GiB"));
                 }
@@ -298,6 +338,7 @@ impl Service for Coordinator {
                 )
             }
             CoordRequest::CommitChunks(c) => {
+                st.round_trips.commits += 1;
                 let Some(snap) = st.snapshots.get_mut(&c.snapshot) else {
                     return answer::<()>(refuse(ErrorCode::NotFound, "no such snapshot"));
                 };
@@ -425,6 +466,7 @@ impl Cluster {
                 stall_gets: AtomicBool::new(false),
                 hold: hold_rx.clone(),
                 pending_puts: pending_puts.clone(),
+                put_requests: AtomicUsize::new(0),
                 verifier: OrderVerifier::new(signer.public_key()),
                 stop: stop.child_token(),
             });
@@ -459,6 +501,26 @@ impl Cluster {
     /// A client with small chunks (64 KiB average) and small batches, so a few MB of data
     /// make many batches and exercise the pipelining.
     pub async fn client(&self) -> GridClient {
+        self.client_with(UploadParams {
+            chunking: ChunkingParams::new(16 * 1024, 64 * 1024, 256 * 1024).unwrap(),
+            batch_chunks: 4,
+            workers: 2,
+            memory_bytes: 2 << 20,
+            ..UploadParams::default()
+        })
+        .await
+    }
+
+    /// Put requests (single or batch) every node received.
+    pub fn put_requests(&self) -> usize {
+        self.nodes
+            .iter()
+            .map(|n| n.put_requests.load(Ordering::SeqCst))
+            .sum()
+    }
+
+    /// A client with the given pipeline parameters.
+    pub async fn client_with(&self, params: UploadParams) -> GridClient {
         let ident = self
             .ca
             .issue_with_key(&client_server_name(self.coordinator.client), "client")
@@ -469,12 +531,6 @@ impl Cluster {
             .hello("test", Location::new("test", "test", "client"))
             .await
             .unwrap();
-        let params = UploadParams {
-            chunking: ChunkingParams::new(16 * 1024, 64 * 1024, 256 * 1024).unwrap(),
-            batch_chunks: 4,
-            workers: 2,
-            ..UploadParams::default()
-        };
         GridClient::from_parts(
             coord,
             NodeClient::new(pool),
