@@ -11,7 +11,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::core::namespace::Owner;
-use crate::core::{CacheStats, FsCore};
+use crate::core::{CacheStats, FsCore, WriteBackStatus};
 
 /// Largest request line accepted.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -52,6 +52,9 @@ pub struct ControlResponse {
     /// The answer to [`ControlRequest::Stats`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<CacheStats>,
+    /// With [`ControlRequest::Stats`]: files closed but not yet on the grid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_back: Option<WriteBackStatus>,
 }
 
 impl ControlResponse {
@@ -61,6 +64,7 @@ impl ControlResponse {
             message: message.into(),
             errno: None,
             stats: None,
+            write_back: None,
         }
     }
 
@@ -70,6 +74,7 @@ impl ControlResponse {
             message: message.into(),
             errno: Some(errno),
             stats: None,
+            write_back: None,
         }
     }
 }
@@ -129,6 +134,7 @@ async fn handle(core: Arc<FsCore>, stream: UnixStream) -> std::io::Result<()> {
         }
         Ok(ControlRequest::Stats) => ControlResponse {
             stats: Some(core.cache().stats()),
+            write_back: Some(core.write_back_status()),
             ..ControlResponse::ok("stats")
         },
     };

@@ -12,6 +12,7 @@ mod error;
 pub mod namespace;
 mod open_file;
 pub mod snapshots;
+mod write_back;
 mod write_gate;
 
 use std::collections::HashMap;
@@ -22,6 +23,7 @@ use std::sync::{Arc, Mutex};
 pub use cache::{CacheStats, ChunkCache};
 pub use error::FsError;
 pub use open_file::OpenFile;
+pub use write_back::{MAX_PENDING_BYTES, MAX_PENDING_FILES, WriteBackStatus};
 
 use crate::grid::Grid;
 use crate::meta::{Inode, Kind, LocalState, MetaStore, ROOT_INO, SNAPSHOTS_INO, Time};
@@ -101,6 +103,8 @@ pub struct FsCore {
     invalidator: std::sync::OnceLock<Invalidator>,
     /// Rate limit of the warning about changes refused by the subscription.
     refusal_warning: write_gate::RefusalWarning,
+    /// Closes that return before their upload (see `write_back`).
+    write_back: write_back::WriteBack,
 }
 
 /// See [`FsCore::set_invalidator`].
@@ -116,7 +120,9 @@ impl std::fmt::Debug for FsCore {
 
 impl FsCore {
     /// Open the core over a state directory (`meta.redb`, `spool/`), recovering from a crash:
-    /// files created but never committed are removed, stale spool files are dropped.
+    /// files closed but not yet uploaded are restored from their write-back records (and
+    /// uploaded once [`start_write_back`](Self::start_write_back) runs), other files created
+    /// but never committed are removed, stale spool files are dropped.
     pub fn new(
         state_dir: &Path,
         grid: Arc<dyn Grid>,
@@ -142,7 +148,9 @@ impl FsCore {
             mounted_at: Time::now(),
             invalidator: std::sync::OnceLock::new(),
             refusal_warning: write_gate::RefusalWarning::new(),
+            write_back: write_back::WriteBack::new(),
         };
+        core.replay_write_back()?;
         core.recover()?;
         Ok(core)
     }
@@ -184,10 +192,25 @@ impl FsCore {
             );
         }
         for (ino, inode) in provisional {
-            self.remove_provisional(ino, &inode)?;
+            if self.open_file_if_any(ino).is_none() {
+                self.remove_provisional(ino, &inode)?;
+            }
         }
         for entry in std::fs::read_dir(&self.spool_dir)? {
             let entry = entry?;
+            let name = entry.file_name();
+            let pending = name
+                .to_str()
+                .and_then(|n| {
+                    n.strip_suffix(write_back::record::RECORD_SUFFIX)
+                        .unwrap_or(n)
+                        .parse()
+                        .ok()
+                })
+                .is_some_and(|ino| self.open_file_if_any(ino).is_some());
+            if pending {
+                continue;
+            }
             tracing::info!(file = ?entry.path(), "dropping spool of an uncommitted write");
             std::fs::remove_file(entry.path())?;
         }

@@ -344,6 +344,20 @@ impl MetaTx {
         Ok(next)
     }
 
+    /// Make sure inode numbers handed out from now on are at least `next` (after a crash
+    /// recovery re-created inodes whose allocation was not durable).
+    pub fn bump_next_ino(&mut self, next: u64) -> Result<(), MetaError> {
+        let mut c = self.tx.open_table(COUNTERS)?;
+        let cur = c
+            .get(NEXT_INO)?
+            .map(|v| v.value())
+            .unwrap_or(FIRST_DYNAMIC_INO);
+        if next > cur {
+            c.insert(NEXT_INO, next)?;
+        }
+        Ok(())
+    }
+
     /// Read an inode inside the transaction.
     pub fn inode(&self, ino: u64) -> Result<Option<Inode>, MetaError> {
         let t = self.tx.open_table(INODES)?;

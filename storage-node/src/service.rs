@@ -152,8 +152,9 @@ impl NodeService {
             })
     }
 
-    async fn put(&self, peer: Peer, req: PutPacket) -> Result<PutAck, WireError> {
-        self.check(&peer, &req.order, OrderOp::Put)?;
+    /// The checks of a put before it is admitted: the order, and the size it grants.
+    fn check_put(&self, peer: &Peer, req: &PutPacket) -> Result<(), WireError> {
+        self.check(peer, &req.order, OrderOp::Put)?;
         let o = &req.order.order;
         if o.size_bytes != req.data.len() as u64 {
             warn!(packet = %o.packet, order_bytes = o.size_bytes, data_bytes = req.data.len(),
@@ -167,6 +168,12 @@ impl NodeService {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    async fn put(&self, peer: Peer, req: PutPacket) -> Result<PutAck, WireError> {
+        self.check_put(&peer, &req)?;
+        let o = &req.order.order;
         let packet = o.packet;
         let admission = self
             .gates
@@ -181,13 +188,50 @@ impl NodeService {
         Ok(ack)
     }
 
+    /// A batch of puts: each packet is checked as a single put is (order, size), the client
+    /// is admitted once for the whole batch, and the accepted packets are stored with one
+    /// group sync ([`PacketStore::put_many`]). Each packet gets its own answer.
     async fn put_batch(&self, peer: Peer, req: PutPackets) -> Result<PutAcks, WireError> {
         check_batch_len(req.packets.len())?;
-        let mut acks = Vec::with_capacity(req.packets.len());
-        for p in req.packets {
-            acks.push(self.put(peer, p).await);
+        let mut acks: Vec<Option<Result<PutAck, WireError>>> =
+            Vec::with_capacity(req.packets.len());
+        let mut accepted = Vec::with_capacity(req.packets.len());
+        let mut bytes = 0u64;
+        for (i, p) in req.packets.into_iter().enumerate() {
+            match self.check_put(&peer, &p) {
+                Ok(()) => {
+                    bytes += p.data.len() as u64;
+                    accepted.push((i, p.order.order.packet, p.data));
+                    acks.push(None);
+                }
+                Err(e) => acks.push(Some(Err(e))),
+            }
         }
-        Ok(PutAcks { acks })
+        if !accepted.is_empty() {
+            let admission = self
+                .gates
+                .admit(&Self::client(&peer)?, true)
+                .await
+                .inspect_err(|e| {
+                    warn!(packets = accepted.len(), peer = %peer.addr, error = %e, "batch put refused");
+                })?;
+            admission.upload(bytes).await;
+            let (idx, packets): (Vec<usize>, Vec<_>) = accepted
+                .into_iter()
+                .map(|(i, name, data)| (i, (name, data)))
+                .unzip();
+            let stored = self.store.put_many(packets).await;
+            for (i, r) in idx.into_iter().zip(stored) {
+                acks[i] = Some(r.map_err(WireError::from));
+            }
+        }
+        debug!(packets = acks.len(), bytes, "batch stored");
+        Ok(PutAcks {
+            acks: acks
+                .into_iter()
+                .map(|a| a.expect("invariant: every packet was answered"))
+                .collect(),
+        })
     }
 
     async fn get_batch(&self, peer: Peer, req: GetPackets) -> Result<PacketsData, WireError> {

@@ -95,7 +95,28 @@ impl PacketStore {
     ) -> Result<PutAck, StoreError> {
         let data = data.into();
         let inner = self.inner.clone();
-        blocking(move || inner.put(name, &data)).await
+        blocking(move || inner.put(name, &data, Sync::EachPacket)).await
+    }
+
+    /// Store several packets with one sync for all of them (group commit): each is written
+    /// as [`put`](Self::put) writes it but without its own `fdatasync` and directory fsync,
+    /// then one `syncfs` of the store's filesystem makes them all durable before any is
+    /// acknowledged. Results are in the order given, one per packet, each as `put` would
+    /// answer it; if the sync fails, every packet written by this call is removed again and
+    /// answers the error.
+    pub async fn put_many(
+        &self,
+        packets: Vec<(PacketName, bytes::Bytes)>,
+    ) -> Vec<Result<PutAck, StoreError>> {
+        let inner = self.inner.clone();
+        let n = packets.len();
+        blocking(move || Ok(inner.put_many(packets)))
+            .await
+            .unwrap_or_else(|e| {
+                (0..n)
+                    .map(|_| Err(StoreError::Task(e.to_string())))
+                    .collect()
+            })
     }
 
     /// Read a packet, verified against its checksum.
@@ -248,7 +269,44 @@ impl Inner {
         }
     }
 
-    fn put(&self, name: PacketName, data: &[u8]) -> Result<PutAck, StoreError> {
+    fn put_many(
+        &self,
+        packets: Vec<(PacketName, bytes::Bytes)>,
+    ) -> Vec<Result<PutAck, StoreError>> {
+        let mut results: Vec<Result<PutAck, StoreError>> = Vec::with_capacity(packets.len());
+        // Packets this call wrote (index, name, counted bytes): undone if the sync fails.
+        let mut written = Vec::new();
+        for (i, (name, data)) in packets.iter().enumerate() {
+            let r = self.put(*name, data, Sync::Deferred);
+            if let Ok(ack) = &r
+                && !ack.already_present
+            {
+                written.push((i, *name, Header::for_data(data).file_len()));
+            }
+            results.push(r);
+        }
+        if written.is_empty() {
+            return results;
+        }
+        if let Err(e) = syncfs(&self.dir) {
+            warn!(packets = written.len(), error = %e, "group sync failed: the batch's new packets are removed");
+            for (i, name, len) in written {
+                let path = self.packet_path(name);
+                if fs::remove_file(&path).is_ok() {
+                    self.release(len);
+                    self.packet_count.fetch_sub(1, Ordering::SeqCst);
+                }
+                results[i] = Err(StoreError::io(
+                    "sync",
+                    &self.dir,
+                    std::io::Error::other(e.to_string()),
+                ));
+            }
+        }
+        results
+    }
+
+    fn put(&self, name: PacketName, data: &[u8], sync: Sync) -> Result<PutAck, StoreError> {
         let stripe = usize::from(name.0[0]) % PUT_LOCK_STRIPES;
         let _lock = self.put_locks[stripe]
             .lock()
@@ -267,7 +325,7 @@ impl Inner {
         };
         let need = header.file_len();
         self.reserve(need)?;
-        match self.install(name, &path, &header, data, replacing.is_some()) {
+        match self.install(name, &path, &header, data, replacing.is_some(), sync) {
             Ok(true) => {
                 match replacing {
                     Some(old_len) => self.release(old_len),
@@ -302,7 +360,10 @@ impl Inner {
         header: &Header,
         data: &[u8],
         replace: bool,
+        sync: Sync,
     ) -> Result<bool, StoreError> {
+        let each = sync == Sync::EachPacket;
+        let fsync_dir = |dir: &Path| if each { fsync_dir(dir) } else { Ok(()) };
         let shard = self.shard_dir(name);
         if !shard.is_dir() {
             match fs::create_dir(&shard) {
@@ -312,7 +373,7 @@ impl Inner {
             }
         }
         if !replace {
-            return match write_file(path, header, data) {
+            return match write_file(path, header, data, each) {
                 Ok(()) => fsync_dir(&shard).map(|()| true),
                 Err(WriteError::Exists) => Ok(false),
                 Err(WriteError::Failed(e)) => {
@@ -325,7 +386,7 @@ impl Inner {
         let mut nonce = [0u8; 8];
         getrandom::fill(&mut nonce).map_err(|e| StoreError::Task(e.to_string()))?;
         let temp = shard.join(format!(".{name}.{}{TEMP_SUFFIX}", hex::encode(nonce)));
-        let result = write_file(&temp, header, data)
+        let result = write_file(&temp, header, data, each)
             .map_err(|e| match e {
                 WriteError::Exists => {
                     StoreError::Task(format!("temp file {} exists", temp.display()))
@@ -393,7 +454,7 @@ enum WriteError {
 /// Create `path` (it must not exist), write header and data and make them durable. Data sync
 /// is enough: for a new file it also flushes the size, which is the only metadata a read
 /// needs; the directory entry is the caller's directory fsync.
-fn write_file(path: &Path, header: &Header, data: &[u8]) -> Result<(), WriteError> {
+fn write_file(path: &Path, header: &Header, data: &[u8], sync: bool) -> Result<(), WriteError> {
     let io = |e| WriteError::Failed(StoreError::io("write", path, e));
     let mut f = match OpenOptions::new().write(true).create_new(true).open(path) {
         Ok(f) => f,
@@ -402,7 +463,26 @@ fn write_file(path: &Path, header: &Header, data: &[u8]) -> Result<(), WriteErro
     };
     f.write_all(&header.encode()).map_err(io)?;
     f.write_all(data).map_err(io)?;
-    f.sync_data().map_err(io)
+    if sync {
+        f.sync_data().map_err(io)
+    } else {
+        Ok(())
+    }
+}
+
+/// When a put makes its packet durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sync {
+    /// `fdatasync` of the file and fsync of its directory before the put returns.
+    EachPacket,
+    /// Not here: the caller syncs the whole filesystem once for a group of puts.
+    Deferred,
+}
+
+/// `syncfs(2)` of the filesystem holding `dir`: every dirty page and inode on it, one call.
+fn syncfs(dir: &Path) -> std::io::Result<()> {
+    let d = File::open(dir)?;
+    rustix::fs::syncfs(&d).map_err(std::io::Error::from)
 }
 
 /// Read and verify one packet file.

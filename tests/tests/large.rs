@@ -31,6 +31,12 @@ fn a_multi_gib_file_reads_back_identical_with_bounded_mount_memory() {
     let small = work.path().join("warm.bin");
     let small_hash = write_random_file(&small, 1 << 30, 1);
     std::fs::copy(&small, snap.join("warm.bin")).unwrap();
+    // fsync waits for the grid: the upload pipeline has run at full size before the peak
+    // is read (close alone returns before the upload).
+    std::fs::File::open(snap.join("warm.bin"))
+        .unwrap()
+        .sync_all()
+        .unwrap();
     std::fs::remove_file(&small).unwrap();
     let rss_after_warmup = peak_rss(pid);
 
@@ -38,6 +44,10 @@ fn a_multi_gib_file_reads_back_identical_with_bounded_mount_memory() {
     let len = large_bytes();
     let big_hash = write_random_file(&big, len, 2);
     std::fs::copy(&big, snap.join("big.bin")).unwrap();
+    std::fs::File::open(snap.join("big.bin"))
+        .unwrap()
+        .sync_all()
+        .unwrap();
     std::fs::remove_file(&big).unwrap();
     let rss_after_big = peak_rss(pid);
     eprintln!(

@@ -228,7 +228,7 @@ impl FsCore {
         // A crash before the file's first commit removes it anyway: no need to wait for the
         // disk here (the commit at close makes this durable too).
         tx.commit_lazy()?;
-        let fh = self.open_created(ino).await?;
+        let fh = self.open_created(ino, name).await?;
         Ok((Attr { ino, inode }, fh))
     }
 
@@ -431,8 +431,12 @@ impl FsCore {
         }
         inode.ctime = Time::now();
         let mut tx = self.meta.write()?;
+        // The background uploader may have committed the file meanwhile: keep its flag.
+        if let Some(cur) = tx.inode(ino)? {
+            inode.provisional = cur.provisional;
+        }
         tx.put_inode(ino, &inode)?;
-        tx.commit_for(inode.provisional)?;
+        tx.commit_for(inode.provisional && !self.is_pending(ino))?;
         self.attr(ino).await
     }
 
@@ -456,8 +460,12 @@ impl FsCore {
         inode.xattrs.insert(name.to_vec(), value.to_vec());
         inode.ctime = Time::now();
         let mut tx = self.meta.write()?;
+        // The background uploader may have committed the file meanwhile: keep its flag.
+        if let Some(cur) = tx.inode(ino)? {
+            inode.provisional = cur.provisional;
+        }
         tx.put_inode(ino, &inode)?;
-        tx.commit_for(inode.provisional)?;
+        tx.commit_for(inode.provisional && !self.is_pending(ino))?;
         Ok(())
     }
 
@@ -489,8 +497,12 @@ impl FsCore {
         }
         inode.ctime = Time::now();
         let mut tx = self.meta.write()?;
+        // The background uploader may have committed the file meanwhile: keep its flag.
+        if let Some(cur) = tx.inode(ino)? {
+            inode.provisional = cur.provisional;
+        }
         tx.put_inode(ino, &inode)?;
-        tx.commit_for(inode.provisional)?;
+        tx.commit_for(inode.provisional && !self.is_pending(ino))?;
         Ok(())
     }
 }

@@ -39,31 +39,40 @@ use crate::meta::{Inode, Kind, Time};
 const MATERIALIZE_BATCH: usize = 8;
 
 #[derive(Debug, Default)]
-struct FileState {
+pub(super) struct FileState {
     /// The spool, when the file's current bytes live there.
-    spool: Option<File>,
+    pub(super) spool: Option<File>,
     /// Current size (authoritative while `spool` is set).
-    size: u64,
+    pub(super) size: u64,
     /// Bytes in the spool not yet committed.
-    dirty: bool,
+    pub(super) dirty: bool,
     /// mtime to apply at commit (set by writes, cleared by an explicit utimens).
-    pending_mtime: Option<Time>,
+    pub(super) pending_mtime: Option<Time>,
     /// Open handles.
-    handles: u32,
+    pub(super) handles: u32,
     /// The committed chunk list with offsets, decoded once per open file rather than on every
     /// read (a 2 GiB file has ~2,000 entries and is read in 128 KiB requests). Reset by commit.
-    layout: Option<Arc<Layout>>,
+    pub(super) layout: Option<Arc<Layout>>,
     /// Dropped from `FsCore::open_files`: whoever still holds this `Arc` must fetch a fresh
     /// one (an `open` racing with the release of the previous handle).
-    retired: bool,
+    pub(super) retired: bool,
+    /// Closed with write-back: a record describes the spool's content, which is queued for
+    /// the grid (see `write_back`). Writes settle it first.
+    pub(super) pending: bool,
+    /// Its claim on the write-back bounds while pending.
+    pub(super) slot: Option<super::write_back::Slot>,
+    /// The name it was created under in this session (for the write-back record).
+    pub(super) created_name: Option<Vec<u8>>,
+    /// Background uploads refused in a row (backoff).
+    pub(super) failures: u32,
 }
 
 /// A file with open handles or pending writes.
 #[derive(Debug)]
 pub struct OpenFile {
-    ino: u64,
+    pub(super) ino: u64,
     spool_path: PathBuf,
-    state: Arc<tokio::sync::Mutex<FileState>>,
+    pub(super) state: Arc<tokio::sync::Mutex<FileState>>,
 }
 
 impl OpenFile {
@@ -126,6 +135,33 @@ impl FsCore {
             .unwrap_or_else(|p| p.into_inner())
             .get(&ino)
             .cloned()
+    }
+
+    /// Register a file left pending by an earlier run (write-back replay).
+    pub(super) fn pending_open_file(
+        &self,
+        ino: u64,
+        spool: File,
+        size: u64,
+        created_name: Option<Vec<u8>>,
+    ) -> Arc<OpenFile> {
+        let of = Arc::new(OpenFile {
+            ino,
+            spool_path: self.spool_dir.join(ino.to_string()),
+            state: Arc::new(tokio::sync::Mutex::new(FileState {
+                spool: Some(spool),
+                size,
+                dirty: true,
+                pending: true,
+                created_name,
+                ..FileState::default()
+            })),
+        });
+        self.open_files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(ino, of.clone());
+        of
     }
 
     fn open_file(&self, ino: u64) -> Arc<OpenFile> {
@@ -209,6 +245,10 @@ impl FsCore {
             self.check_writable(ino, &inode)?;
         }
         let (of, mut st) = self.lock_live(ino).await;
+        if write && st.pending {
+            // The spool must keep matching its record until it is on the grid.
+            self.commit_locked(&of, &mut st, true).await?;
+        }
         st.handles += 1;
         if write && truncate {
             self.ensure_spool(&of, &mut st, false).await?;
@@ -224,9 +264,10 @@ impl FsCore {
     }
 
     /// Register a handle for a freshly created file.
-    pub(super) async fn open_created(&self, ino: u64) -> Result<u64, FsError> {
+    pub(super) async fn open_created(&self, ino: u64, name: &[u8]) -> Result<u64, FsError> {
         let (of, mut st) = self.lock_live(ino).await;
         st.handles += 1;
+        st.created_name = Some(name.to_vec());
         self.ensure_spool(&of, &mut st, false).await?;
         drop(st);
         Ok(self.alloc_fh(ino, true))
@@ -246,6 +287,9 @@ impl FsCore {
             ));
         }
         self.check_subscription()?;
+        if st.pending {
+            self.commit_locked(&of, &mut st, true).await?;
+        }
         self.ensure_spool(&of, &mut st, true).await?;
         let spool = st.spool.as_ref().ok_or(FsError::BadHandle)?;
         spool.write_all_at(data, offset)?;
@@ -338,17 +382,34 @@ impl FsCore {
     }
 
     /// Commit an open file's spool if it has unsaved bytes (or was never committed).
-    async fn commit(&self, of: &OpenFile) -> Result<(), FsError> {
+    pub(super) async fn commit(&self, of: &OpenFile) -> Result<(), FsError> {
         let mut st = of.state.lock().await;
-        let Some(mut inode) = self.meta.inode(of.ino)? else {
+        self.commit_locked(of, &mut st, true).await
+    }
+
+    /// [`commit`](Self::commit) with the file's state locked. `durable` waits for the disk
+    /// and settles a pending write-back; the background uploader commits without waiting and
+    /// makes a whole group durable at once.
+    pub(super) async fn commit_locked(
+        &self,
+        of: &OpenFile,
+        st: &mut FileState,
+        durable: bool,
+    ) -> Result<(), FsError> {
+        let Some(inode) = self.meta.inode(of.ino)? else {
             st.dirty = false;
-            return Ok(());
+            return self.settle(of, st);
         };
         if inode.nlink == 0 {
             st.dirty = false;
-            return Ok(());
+            return self.settle(of, st);
         }
         if !st.dirty && !inode.provisional {
+            if st.pending && durable {
+                // Uploaded in the background, not yet durable: make it so.
+                self.meta.write()?.commit()?;
+                self.settle(of, st)?;
+            }
             return Ok(());
         }
         let mut chunks = None;
@@ -371,21 +432,39 @@ impl FsCore {
                 ))));
             }
             chunks = Some(stored.chunks);
-            inode.size = size;
+        }
+        let mut tx = self.meta.write()?;
+        // Read again: attributes may have changed during the upload (chmod, utimens or
+        // xattrs right after a write-back close); only size, times and the flag are ours.
+        let Some(mut inode) = tx.inode(of.ino)? else {
+            st.dirty = false;
+            return self.settle(of, st);
+        };
+        if chunks.is_some() {
+            inode.size = st.size;
             if let Some(t) = st.pending_mtime.take() {
                 inode.mtime = t;
             }
-            inode.ctime = Time::now();
+            if !st.pending {
+                // A write-back close already set it; the upload itself changes nothing.
+                inode.ctime = Time::now();
+            }
         }
         inode.provisional = false;
-        let mut tx = self.meta.write()?;
         if let Some(c) = &chunks {
             tx.put_content(of.ino, c)?;
         }
         tx.put_inode(of.ino, &inode)?;
-        tx.commit()?;
+        if durable {
+            tx.commit()?;
+        } else {
+            tx.commit_lazy()?;
+        }
         st.dirty = false;
         st.layout = None;
+        if durable {
+            self.settle(of, st)?;
+        }
         Ok(())
     }
 
@@ -396,12 +475,19 @@ impl FsCore {
             return Ok(());
         }
         let of = self.open_file(h.ino);
+        if self.defer_commit(&of).await? {
+            return Ok(());
+        }
         self.commit(&of).await
     }
 
-    /// fsync(2).
+    /// fsync(2): the file's content is on the grid and committed durably when it returns
+    /// (a pending write-back is uploaded now, or waited for).
     pub async fn fsync(&self, fh: u64) -> Result<(), FsError> {
-        self.flush(fh).await
+        let h = self.handle(fh)?;
+        // Any handle: fsync through a read-only descriptor also asks for durability.
+        let of = self.open_file(h.ino);
+        self.commit(&of).await
     }
 
     /// Last close of a handle.
@@ -419,6 +505,13 @@ impl FsCore {
             st.handles == 0
         };
         if !last {
+            return Ok(());
+        }
+        if h.write && self.defer_commit(&of).await? {
+            return Ok(());
+        }
+        if of.state.lock().await.pending {
+            // Closed earlier with write-back: the uploader finishes and forgets it.
             return Ok(());
         }
         let result = self.commit(&of).await;
@@ -467,9 +560,9 @@ impl FsCore {
     }
 
     /// Forget an open file with no handles: remove its spool, and the inode if unlinked.
-    async fn drop_open_file(&self, of: &Arc<OpenFile>) -> Result<(), FsError> {
+    pub(super) async fn drop_open_file(&self, of: &Arc<OpenFile>) -> Result<(), FsError> {
         let mut st = of.state.lock().await;
-        if st.handles > 0 || st.dirty {
+        if st.handles > 0 || st.dirty || st.pending {
             return Ok(());
         }
         if st.spool.take().is_some() {
@@ -497,6 +590,9 @@ impl FsCore {
         let (of, st) = self.lock_live(ino).await;
         let no_handles = {
             let mut st = st;
+            if st.pending {
+                self.commit_locked(&of, &mut st, true).await?;
+            }
             self.ensure_spool(&of, &mut st, size > 0).await?;
             if let Some(f) = &st.spool {
                 f.set_len(size)?;
@@ -537,8 +633,10 @@ impl FsCore {
             .collect();
         let mut busy = Vec::new();
         for of in files {
-            let dirty = of.state.lock().await.dirty;
-            if (dirty || writers.contains(&of.ino))
+            let st = of.state.lock().await;
+            let unsaved = st.dirty && !st.pending;
+            drop(st);
+            if (unsaved || writers.contains(&of.ino))
                 && self.meta.inode(of.ino)?.is_some_and(|i| i.snapshot == root)
             {
                 busy.push(of.ino);
@@ -547,8 +645,9 @@ impl FsCore {
         Ok(busy)
     }
 
-    /// Commit every dirty file of a snapshot (used by a forced seal).
+    /// Commit every dirty file of a snapshot (used by seal), pending write-backs included.
     pub(super) async fn commit_all_in(&self, root: u64) -> Result<(), FsError> {
+        self.wait_pending(root).await?;
         let files: Vec<Arc<OpenFile>> = self
             .open_files
             .lock()

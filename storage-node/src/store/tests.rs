@@ -227,3 +227,46 @@ async fn torn_put_under_the_final_name_is_detected_after_reopen_and_repaired() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_batch_is_stored_with_one_sync_and_answers_each_packet_as_a_put_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = 3 * (1000 + HEADER_LEN as u64) + 10;
+    let s = open(dir.path(), cap).await;
+    let (taken, fresh, twin, too_big) = (
+        PacketName::random(),
+        PacketName::random(),
+        PacketName::random(),
+        PacketName::random(),
+    );
+    s.put(taken, packet(1000, 1)).await.unwrap();
+    s.put(twin, packet(1000, 3)).await.unwrap();
+    let answers = s
+        .put_many(vec![
+            (taken, packet(1000, 9).into()), // different bytes under a taken name
+            (fresh, packet(1000, 2).into()), // new
+            (twin, packet(1000, 3).into()),  // the same bytes again
+            (too_big, packet(1000, 4).into()), // over the capacity
+        ])
+        .await;
+    assert_eq!(answers.len(), 4);
+    assert!(matches!(answers[0], Err(StoreError::Conflict(n)) if n == taken));
+    let new = answers[1].as_ref().unwrap();
+    assert!(!new.already_present);
+    assert_eq!(new.checksum, *blake3::hash(&packet(1000, 2)).as_bytes());
+    assert!(answers[2].as_ref().unwrap().already_present);
+    assert!(
+        matches!(answers[3], Err(StoreError::NodeFull { .. })),
+        "{:?}",
+        answers[3]
+    );
+    assert_eq!(s.get(fresh).await.unwrap().data, packet(1000, 2));
+    assert_eq!(s.get(taken).await.unwrap().data, packet(1000, 1));
+    assert_eq!(s.usage().packet_count, 3);
+    assert_eq!(s.usage().used_bytes, 3 * (1000 + HEADER_LEN as u64));
+    // What a batch stored is found again, and counted alike, after a reopen.
+    drop(s);
+    let s = open(dir.path(), cap).await;
+    assert_eq!(s.usage().packet_count, 3);
+    assert_eq!(s.get(fresh).await.unwrap().data, packet(1000, 2));
+}

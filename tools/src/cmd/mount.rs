@@ -14,6 +14,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::MountArgs;
 
+/// How long the unmount waits for pending uploads without progress before it leaves them
+/// to the next mount (they stay in the state directory).
+const UNMOUNT_PATIENCE: Duration = Duration::from_secs(30);
+
 /// Open the filesystem core for a client configuration.
 pub async fn open_core(cfg: &ClientConfig) -> Result<Arc<FsCore>> {
     let keys = ClientKeys::load(&cfg.key_file())
@@ -40,6 +44,7 @@ pub async fn run(args: MountArgs, stop: &super::StopSignal) -> Result<ExitCode> 
     let cfg = ClientConfig::load(&args.config.config)?;
     super::local::check_mountpoint(&args.mountpoint)?;
     let core = open_core(&cfg).await?;
+    core.start_write_back();
     core.sync_snapshots()
         .await
         .context("cannot list snapshots at the coordinator")?;
@@ -74,5 +79,7 @@ pub async fn run(args: MountArgs, stop: &super::StopSignal) -> Result<ExitCode> 
     tokio::task::spawn_blocking(move || session.umount_and_join())
         .await?
         .context("unmount failed")?;
+    // Files closed just before the unmount may still be on their way to the grid.
+    core.drain_write_back(UNMOUNT_PATIENCE).await;
     Ok(ExitCode::SUCCESS)
 }
