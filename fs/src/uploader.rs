@@ -165,6 +165,8 @@ pub(crate) struct Shared {
     memory: Arc<Semaphore>,
     /// Chunks being uploaded by a batch that is not committed yet, with the batch's number.
     inflight: Mutex<HashMap<ChunkId, u64>>,
+    /// Stores reading and cutting at once (each on a blocking thread; see [`MAX_READERS`]).
+    readers: Arc<Semaphore>,
 }
 
 impl Shared {
@@ -233,6 +235,7 @@ impl Uploader {
                 pool: BufferPool::new(pool::POOL_MAX_IDLE_BYTES),
                 memory,
                 inflight: Mutex::default(),
+                readers: Arc::new(Semaphore::new(MAX_READERS)),
             }),
             engine: OnceLock::new(),
         }
@@ -273,7 +276,20 @@ impl Uploader {
         let shared = self.shared.clone();
         let t = ticket.clone();
         let rt = tokio::runtime::Handle::current();
-        let chunker = tokio::task::spawn_blocking(move || submit(&shared, reader, &t, &tx, &rt));
+        // A reader waits for memory on its blocking thread; the batches that give memory
+        // back need blocking threads too (sealing). Bounding the readers keeps threads for
+        // them whatever the number of concurrent stores.
+        let reading = shared
+            .readers
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| GridError::Internal("the upload engine stopped".into()))?;
+        let chunker = tokio::task::spawn_blocking(move || {
+            let r = submit(&shared, reader, &t, &tx, &rt);
+            drop(reading);
+            r
+        });
         let submitted = chunker
             .await
             .map_err(|e| GridError::Internal(format!("chunker thread: {e}")));
@@ -299,6 +315,12 @@ impl Uploader {
         Ok(out)
     }
 }
+
+/// Stores whose reader thread runs at once. Each blocks a thread of tokio's blocking pool
+/// (16 in the `gridback` binary) while it waits for memory; the rest of the pool must stay
+/// free for sealing and erasure coding, or many concurrent stores (the write-back uploads of
+/// a `cp -a`) would hold every thread while waiting for batches that cannot be sealed.
+pub const MAX_READERS: usize = 4;
 
 /// Body of a store's blocking thread: read, cut, identify, and hand each chunk to the engine
 /// once it has memory for it. Returns the stream's chunk list and length.

@@ -310,3 +310,46 @@ async fn memory_stays_bounded_when_the_network_stalls() {
 #[path = "pipeline_support/cluster.rs"]
 #[allow(dead_code)] // shared with live_limits.rs, which uses other parts
 mod support;
+
+/// Many more concurrent stores than tokio has blocking threads, with a memory budget they
+/// exhaust: every reader waits for memory on a blocking thread, and the batches that give it
+/// back must still find threads to seal on (the write-back uploader of a `cp -a` runs 32
+/// stores at once in a binary capped at 16 blocking threads; before readers were bounded
+/// this hung for good). Fails by its timeout.
+#[test]
+fn many_concurrent_stores_on_a_small_blocking_pool_finish() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(8)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let cluster = Cluster::start(6, 4, 2).await;
+        let params = UploadParams {
+            memory_bytes: 1 << 20,
+            ..UploadParams::default()
+        };
+        let client = cluster.client_with(params).await;
+        client.snapshot_create("s".into(), None).await.unwrap();
+        let files: Vec<Vec<u8>> = (0..48u64)
+            .map(|i| mixed_data(200 * 1024, 1000 + i))
+            .collect();
+        let stores = files.iter().map(|f| {
+            let c = client.clone();
+            let f = f.clone();
+            async move {
+                c.store_reader("s".into(), Box::new(Cursor::new(f)))
+                    .await
+                    .unwrap()
+            }
+        });
+        let stored =
+            tokio::time::timeout(Duration::from_secs(120), futures::future::join_all(stores))
+                .await
+                .expect("concurrent stores hung");
+        for (f, s) in files.iter().zip(&stored) {
+            assert_eq!(s.len, f.len() as u64);
+        }
+    });
+}

@@ -52,7 +52,7 @@ pub const MAX_PENDING_FILES: usize = 512;
 /// Most bytes closed but not yet on the grid.
 pub const MAX_PENDING_BYTES: u64 = 1 << 30;
 /// Uploads the background worker runs at once (their chunks share the uploader's batches).
-const UPLOADS_IN_FLIGHT: usize = 256;
+const UPLOADS_IN_FLIGHT: usize = 32;
 /// Close waits for the grid for this long after a background upload was refused.
 const REFUSAL_HOLD: Duration = Duration::from_secs(120);
 /// Quota headroom asked for per pending byte (erasure overhead, padding, no compression).

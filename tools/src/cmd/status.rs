@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use gridback_fs::config::ClientConfig;
+use gridback_fs::control::{self, ControlRequest};
 use gridback_fs::coord_client::CoordClient;
+use gridback_fs::core::WriteBackStatus;
 use gridback_proto::coord_api::{NodeState, Status, StatusReport};
 use gridback_proto::tls::Identity;
 use gridback_proto::transport::{ConnPool, client_endpoint};
@@ -55,9 +57,20 @@ pub async fn fetch_status(config: &Path) -> Result<StatusReport> {
     Ok(r)
 }
 
+/// What the running mount of this client (if any) still has to upload.
+async fn mount_write_back(config: &Path) -> Option<WriteBackStatus> {
+    let cfg = ClientConfig::load(config).ok()?;
+    let ask = control::request(&cfg.state_dir, &ControlRequest::Stats);
+    match tokio::time::timeout(std::time::Duration::from_secs(2), ask).await {
+        Ok(Ok(Some(r))) => r.write_back,
+        _ => None,
+    }
+}
+
 /// `gridback status`.
 pub async fn run(args: StatusArgs) -> Result<ExitCode> {
     let s = fetch_status(&args.config.config).await?;
+    let uploads = mount_write_back(&args.config.config).await;
     if args.json {
         let nodes: Vec<_> = s
             .nodes
@@ -95,6 +108,11 @@ pub async fn run(args: StatusArgs) -> Result<ExitCode> {
                 "location": t.location.labels(),
             })),
             "placement": s.proximity,
+            "mount": uploads.as_ref().map(|u| json!({
+                "pending_files": u.pending_files,
+                "pending_bytes": u.pending_bytes,
+                "upload_errors": u.errors,
+            })),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
@@ -108,6 +126,16 @@ pub async fn run(args: StatusArgs) -> Result<ExitCode> {
         s.coordinator_addr, s.coordinator_pid
     );
     println!("erasure      {}+{}", s.erasure_k, s.erasure_m);
+    if let Some(u) = &uploads {
+        println!(
+            "mount        {} file(s), {} closed and waiting for the grid",
+            u.pending_files,
+            format_size(u.pending_bytes)
+        );
+        for e in &u.errors {
+            println!("             upload refused: {e}");
+        }
+    }
     if let Some(t) = &s.terms {
         let l = &t.subscription.limits;
         println!("location     {}", t.location);
