@@ -11,6 +11,7 @@ mod cache;
 mod error;
 pub mod namespace;
 mod open_file;
+mod prefetch;
 pub mod snapshots;
 mod write_gate;
 
@@ -42,7 +43,7 @@ pub struct CoreConfig {
 impl Default for CoreConfig {
     fn default() -> Self {
         Self {
-            cache_bytes: 256 << 20,
+            cache_bytes: crate::config::DEFAULT_CACHE_BYTES as usize,
             readahead_chunks: 4,
         }
     }
@@ -101,6 +102,8 @@ pub struct FsCore {
     invalidator: std::sync::OnceLock<Invalidator>,
     /// Rate limit of the warning about changes refused by the subscription.
     refusal_warning: write_gate::RefusalWarning,
+    /// Reads ahead across the files of sealed snapshots (`prefetch`).
+    prefetcher: prefetch::Prefetcher,
 }
 
 /// See [`FsCore::set_invalidator`].
@@ -127,6 +130,7 @@ impl FsCore {
         let spool_dir = state_dir.join("spool");
         std::fs::create_dir_all(&spool_dir)?;
         let meta = Arc::new(MetaStore::open(&state_dir.join("meta.redb"))?);
+        let cache_bytes = config.cache_bytes;
         let core = Self {
             cache: Arc::new(ChunkCache::new(grid.clone(), config.cache_bytes)),
             meta,
@@ -142,6 +146,7 @@ impl FsCore {
             mounted_at: Time::now(),
             invalidator: std::sync::OnceLock::new(),
             refusal_warning: write_gate::RefusalWarning::new(),
+            prefetcher: prefetch::Prefetcher::new(cache_bytes),
         };
         core.recover()?;
         Ok(core)

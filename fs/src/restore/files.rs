@@ -11,7 +11,7 @@
 //!   written, so the chunk data in memory stays within the budget whatever the concurrency.
 //! - The locations of the small files' chunks are looked up ahead, at most
 //!   [`LOCATE_AHEAD_CHUNKS`] at a time and one group ahead of the files being written
-//!   ([`ChunkFetch::prefetch_locations`]: one coordinator round trip), so a small file
+//!   ([`Grid::prefetch_locations`](crate::grid::Grid::prefetch_locations): one coordinator round trip), so a small file
 //!   normally needs no locate round trip of its own.
 
 use std::collections::HashSet;
