@@ -63,7 +63,7 @@ pub const DEFAULT_FILE_CONCURRENCY: usize = 4;
 
 /// Small files written at once by default, on top of [`DEFAULT_FILE_CONCURRENCY`] larger
 /// ones. A small file is one chunk or a few (at most 1 MiB of the byte budget) but waits on
-/// k packet gets, a create, an fsync and a rename: 32 at once keep the nodes and the disk
+/// k packet gets, a create and a rename: 32 at once keep the nodes and the disk
 /// busy (on a 6-node local grid more gave nothing measurable) and cost at most 32 MiB.
 pub const DEFAULT_SMALL_FILE_CONCURRENCY: usize = 32;
 
