@@ -90,7 +90,7 @@ impl FsCore {
         }
         let ino = self.meta.lookup(parent, name)?.ok_or(FsError::NotFound)?;
         let attr = self.getattr(ino).await?;
-        self.prefetch_after_lookup(parent, attr.inode.snapshot, name);
+        self.prefetch_after_lookup(parent, attr.inode.snapshot, name, ino);
         Ok(attr)
     }
 

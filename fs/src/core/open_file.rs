@@ -207,6 +207,8 @@ impl FsCore {
         }
         if write {
             self.check_writable(ino, &inode)?;
+        } else {
+            self.prefetch_after_open(ino, inode.snapshot);
         }
         let (of, mut st) = self.lock_live(ino).await;
         st.handles += 1;

@@ -7,13 +7,17 @@
 //!   ([`Grid::prefetch_locations`]) on a spawned task: the reply does not wait.
 //! - **Looking up** an entry of such a directory moves a window of the next [`AHEAD_FILES`]
 //!   entries (by name, the readdir order): when fewer than half of them are left ahead, the
-//!   next ones are listed, their chunks located (up to [`AHEAD_CHUNKS_PER_FILE`] a file, so a
-//!   large file's readahead finds its locations too) and the first chunk of each file fetched
-//!   into the chunk cache, so the program's reads find the data there.
-//! - Bounds: one window (the directory looked up last), at most [`AHEAD_FILES`] files and
-//!   [`ChunkCache`]'s quarter of data ahead of the reader, fetches holding at most
-//!   [`FETCH_BUDGET_BYTES`] of chunk data in flight, and at most [`MAX_QUEUED_FETCHES`]
-//!   fetches waiting; beyond that the data prefetch is skipped (reads fetch on their own).
+//!   next ones are listed and their chunks located (up to [`AHEAD_CHUNKS_PER_FILE`] a file, so
+//!   a large file's readahead finds its locations too). Only the coordinator is asked: `ls -l`
+//!   of a large directory fetches no data.
+//! - **Opening** a file of that window for reading fetches the first chunk of each of the
+//!   next [`AHEAD_DATA_FILES`] files into the chunk cache (those not asked for yet), so a
+//!   program reading one file after the other (`tar`) finds the data there.
+//! - Bounds: one window (the directory looked up last), at most [`AHEAD_FILES`] entries
+//!   listed and [`AHEAD_DATA_FILES`] files (and half of [`ChunkCache`]'s quarter of data per
+//!   open) fetched ahead of the reader, fetches holding at most [`FETCH_BUDGET_BYTES`] of chunk
+//!   data in flight, and at most [`MAX_QUEUED_FETCHES`] fetches waiting; beyond that the data
+//!   prefetch is skipped (reads fetch on their own).
 //!   Open snapshots are never prefetched (their files change).
 
 use std::collections::{HashSet, VecDeque};
@@ -33,6 +37,8 @@ pub const READDIR_LOCATE_CHUNKS: usize = 1024;
 /// Entries ahead of the last one looked up that are prefetched: enough to keep a few dozen
 /// fetches going while a program reads one small file after the other.
 pub const AHEAD_FILES: usize = 64;
+/// Files after the one opened whose first chunk is fetched ahead.
+pub const AHEAD_DATA_FILES: usize = 32;
 /// Chunks of one file located ahead (64 MiB of content at the 1 MiB average chunk).
 pub const AHEAD_CHUNKS_PER_FILE: usize = 64;
 /// Chunk data being fetched by the prefetcher at once (each fetch also holds its k packets).
@@ -46,8 +52,13 @@ const BUDGET_UNIT: usize = 4096;
 #[derive(Debug)]
 struct Window {
     dir: u64,
-    /// Names listed ahead and not looked up yet, in order.
-    ahead: VecDeque<Vec<u8>>,
+    /// Entries listed ahead and not looked up yet, in order: name, inode and first chunk
+    /// (regular files with content).
+    ahead: VecDeque<(Vec<u8>, u64, Option<ChunkRef>)>,
+    /// The entry looked up last (name, inode).
+    current: Option<(Vec<u8>, u64)>,
+    /// Last name whose data was asked for (data prefetch resumes after it).
+    data_until: Vec<u8>,
     /// Last name listed: the next listing starts after it.
     last: Vec<u8>,
     /// Nothing is left after `last`.
@@ -110,20 +121,28 @@ impl Prefetcher {
         meta: &MetaStore,
         dir: u64,
         name: &[u8],
-    ) -> Result<Vec<(Vec<u8>, u64)>, FsError> {
+        ino: u64,
+    ) -> Result<Vec<ChunkId>, FsError> {
         let mut g = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        // Same directory, not gone back (a second walk restarts the window).
+        let keep = |w: &Window| {
+            w.dir == dir && w.current.as_ref().is_none_or(|(c, _)| c.as_slice() <= name)
+        };
         let w = match &mut *g {
-            Some(w) if w.dir == dir => w,
+            Some(w) if keep(w) => w,
             other => other.insert(Window {
                 dir,
                 ahead: VecDeque::new(),
+                current: None,
+                data_until: Vec::new(),
                 last: name.to_vec(),
                 end: false,
             }),
         };
-        while w.ahead.front().is_some_and(|n| n.as_slice() <= name) {
+        while w.ahead.front().is_some_and(|(n, ..)| n.as_slice() <= name) {
             w.ahead.pop_front();
         }
+        w.current = Some((name.to_vec(), ino));
         if name > w.last.as_slice() {
             // The program jumped past the window: start again from here.
             w.last = name.to_vec();
@@ -135,14 +154,61 @@ impl Prefetcher {
         let want = AHEAD_FILES - w.ahead.len();
         let entries = meta.list_dir(dir, Some(&w.last), want)?;
         w.end = entries.len() < want;
-        for (n, _) in &entries {
-            w.ahead.push_back(n.clone());
-        }
         if let Some((n, _)) = entries.last() {
             w.last = n.clone();
         }
-        Ok(entries)
+        let mut locate = Vec::new();
+        let mut seen = HashSet::new();
+        for (n, child) in entries {
+            let chunks = file_content(meta, child)?;
+            for c in chunks.iter().take(AHEAD_CHUNKS_PER_FILE) {
+                if seen.insert(c.id) {
+                    locate.push(c.id);
+                }
+            }
+            w.ahead.push_back((n, child, chunks.first().copied()));
+        }
+        Ok(locate)
     }
+
+    /// `ino` was opened for reading: the first chunks of the files after it in the window not
+    /// asked for yet, within `allowance` bytes.
+    fn data_after(&self, ino: u64, mut allowance: u64) -> Vec<ChunkRef> {
+        let mut g = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(w) = g.as_mut() else {
+            return Vec::new();
+        };
+        if w.current.as_ref().is_none_or(|(_, i)| *i != ino) {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let mut until = None;
+        for (n, _, first) in w.ahead.iter().take(AHEAD_DATA_FILES) {
+            if *n <= w.data_until {
+                continue; // asked for at an earlier open
+            }
+            if let Some(c) = first {
+                if u64::from(c.len) > allowance {
+                    break;
+                }
+                allowance -= u64::from(c.len);
+                out.push(*c);
+            }
+            until = Some(n.clone());
+        }
+        if let Some(n) = until {
+            w.data_until = n;
+        }
+        out
+    }
+}
+
+/// The chunk list of `ino` if it is a regular file.
+fn file_content(meta: &MetaStore, ino: u64) -> Result<Vec<ChunkRef>, FsError> {
+    if meta.inode(ino)?.is_none_or(|i| i.kind != Kind::File) {
+        return Ok(Vec::new());
+    }
+    Ok(meta.content(ino)?)
 }
 
 /// The chunks of the regular files among `inos`: those to locate (at most `per_file` of each,
@@ -160,10 +226,7 @@ fn file_chunks(
         if locate.len() >= max_total {
             break;
         }
-        if meta.inode(ino)?.is_none_or(|i| i.kind != Kind::File) {
-            continue;
-        }
-        let chunks = meta.content(ino)?;
+        let chunks = file_content(meta, ino)?;
         if let Some(c) = chunks.first() {
             first.push(*c);
         }
@@ -243,58 +306,47 @@ impl FsCore {
         });
     }
 
-    /// `name` was looked up in `dir` (of snapshot root `snapshot`): prefetch what comes next.
-    pub(super) fn prefetch_after_lookup(&self, dir: u64, snapshot: u64, name: &[u8]) {
+    /// `name` (inode `ino`) was looked up in `dir` (of snapshot root `snapshot`): locate what
+    /// comes next.
+    pub(super) fn prefetch_after_lookup(&self, dir: u64, snapshot: u64, name: &[u8], ino: u64) {
         if !self.snapshot_is_sealed(snapshot) {
             return;
         }
-        let entries = match self.prefetcher.advance(&self.meta, dir, name) {
-            Ok(e) if !e.is_empty() => e,
+        let ids = match self.prefetcher.advance(&self.meta, dir, name, ino) {
+            Ok(ids) if !ids.is_empty() => ids,
             Ok(_) => return,
             Err(e) => {
                 tracing::debug!(dir, error = %e, "lookup prefetch failed");
                 return;
             }
         };
-        let inos = entries.into_iter().map(|(_, ino)| ino);
-        let (ids, first) = match file_chunks(
-            &self.meta,
-            inos,
-            AHEAD_CHUNKS_PER_FILE,
-            AHEAD_FILES * AHEAD_CHUNKS_PER_FILE,
-        ) {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::debug!(dir, error = %e, "lookup prefetch failed");
-                return;
-            }
-        };
-        // Half the window is listed at a time: half the data allowance for it.
-        let mut allowance = self.prefetcher.ahead_bytes / 2;
-        let data: Vec<ChunkRef> = first
-            .into_iter()
-            .take_while(|c| {
-                let ok = u64::from(c.len) <= allowance;
-                allowance = allowance.saturating_sub(u64::from(c.len));
-                ok
-            })
-            .collect();
-        let (grid, cache) = (self.grid.clone(), self.cache.clone());
-        let (budget, queued) = (
-            self.prefetcher.budget.clone(),
-            self.prefetcher.queued.clone(),
-        );
-        let active = self.prefetcher.active.clone();
-        let busy = Busy::new(&active);
+        let grid = self.grid.clone();
+        let busy = Busy::new(&self.prefetcher.active);
         tokio::spawn(async move {
             let _busy = busy;
-            if !ids.is_empty() {
-                grid.prefetch_locations(&ids).await;
-            }
-            for c in data {
-                spawn_fetch(&cache, &budget, &queued, &active, c);
-            }
+            grid.prefetch_locations(&ids).await;
         });
+    }
+
+    /// `ino` (of snapshot root `snapshot`) was opened for reading: fetch the first chunks of
+    /// the files after it into the cache.
+    pub(super) fn prefetch_after_open(&self, ino: u64, snapshot: u64) {
+        if !self.snapshot_is_sealed(snapshot) {
+            return;
+        }
+        // Half the data allowance per open: the other half is what earlier opens asked for.
+        let data = self
+            .prefetcher
+            .data_after(ino, self.prefetcher.ahead_bytes / 2);
+        for c in data {
+            spawn_fetch(
+                &self.cache,
+                &self.prefetcher.budget,
+                &self.prefetcher.queued,
+                &self.prefetcher.active,
+                c,
+            );
+        }
     }
 }
 
