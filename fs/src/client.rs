@@ -83,6 +83,7 @@ fn foreign_grid_hint(e: &CallError) -> &'static str {
 
 struct Inner {
     coord: CoordClient,
+    crypto: Arc<ChunkCrypto>,
     uploader: Uploader,
     reader: Reader,
     keys: ClientKeys,
@@ -157,10 +158,11 @@ impl GridClient {
         let cpu = terms.limits().threads.clone();
         let uploader =
             Uploader::with_cpu_limit(coord.clone(), nodes.clone(), crypto.clone(), params, cpu);
-        let reader = Reader::new(coord.clone(), nodes, crypto).with_terms(terms.clone());
+        let reader = Reader::new(coord.clone(), nodes, crypto.clone()).with_terms(terms.clone());
         Self {
             inner: Arc::new(Inner {
                 coord,
+                crypto,
                 uploader,
                 reader,
                 keys,
@@ -227,6 +229,11 @@ impl GridClient {
         &self.inner.keys
     }
 
+    /// The chunk cipher (chunk ids, to verify restored files).
+    pub fn chunk_crypto(&self) -> Arc<ChunkCrypto> {
+        self.inner.crypto.clone()
+    }
+
     /// The coordinator client, for calls the `Grid` trait does not cover (status, log).
     pub fn coordinator(&self) -> &CoordClient {
         &self.inner.coord
@@ -260,6 +267,10 @@ impl Grid for GridClient {
 
     fn read_chunk(&self, chunk: ChunkRef) -> BoxFuture<'_, Result<Arc<Vec<u8>>, GridError>> {
         self.inner.reader.read_chunk(chunk).boxed()
+    }
+
+    fn prefetch_locations<'a>(&'a self, chunks: &'a [ChunkId]) -> BoxFuture<'a, ()> {
+        self.inner.reader.prefetch_locations(chunks).boxed()
     }
 
     fn snapshot_create(

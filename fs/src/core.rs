@@ -11,6 +11,7 @@ mod cache;
 mod error;
 pub mod namespace;
 mod open_file;
+mod prefetch;
 pub mod snapshots;
 mod write_back;
 mod write_gate;
@@ -44,7 +45,7 @@ pub struct CoreConfig {
 impl Default for CoreConfig {
     fn default() -> Self {
         Self {
-            cache_bytes: 256 << 20,
+            cache_bytes: crate::config::DEFAULT_CACHE_BYTES as usize,
             readahead_chunks: 4,
         }
     }
@@ -105,6 +106,8 @@ pub struct FsCore {
     refusal_warning: write_gate::RefusalWarning,
     /// Closes that return before their upload (see `write_back`).
     write_back: write_back::WriteBack,
+    /// Reads ahead across the files of sealed snapshots (`prefetch`).
+    prefetcher: prefetch::Prefetcher,
 }
 
 /// See [`FsCore::set_invalidator`].
@@ -133,6 +136,7 @@ impl FsCore {
         let spool_dir = state_dir.join("spool");
         std::fs::create_dir_all(&spool_dir)?;
         let meta = Arc::new(MetaStore::open(&state_dir.join("meta.redb"))?);
+        let cache_bytes = config.cache_bytes;
         let core = Self {
             cache: Arc::new(ChunkCache::new(grid.clone(), config.cache_bytes)),
             meta,
@@ -149,6 +153,7 @@ impl FsCore {
             invalidator: std::sync::OnceLock::new(),
             refusal_warning: write_gate::RefusalWarning::new(),
             write_back: write_back::WriteBack::new(),
+            prefetcher: prefetch::Prefetcher::new(cache_bytes),
         };
         core.replay_write_back()?;
         core.recover()?;

@@ -301,6 +301,10 @@ impl fuser::Filesystem for FuseAdapter {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         let truncate = flags.0 & libc::O_TRUNC != 0;
         match self.run("open", ino.0, self.core.open(ino.0, write, truncate)) {
+            // A sealed file never changes: the kernel may keep its pages across opens.
+            Ok(fh) if !write && self.core.in_sealed_snapshot(ino.0) => {
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
+            }
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
         }

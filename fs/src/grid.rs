@@ -6,6 +6,7 @@
 use std::io::Read;
 use std::sync::Arc;
 
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use gridback_proto::ChunkId;
 use gridback_proto::coord_api::{SnapshotInfo, SnapshotRecord, TreeChunk};
@@ -144,6 +145,15 @@ pub trait Grid: Send + Sync + 'static {
 
     /// Fetch, decode, decrypt, decompress and verify one chunk.
     fn read_chunk(&self, chunk: ChunkRef) -> BoxFuture<'_, Result<Arc<Vec<u8>>, GridError>>;
+
+    /// Look up where `chunks` are, in as few round trips as possible, so that reading them
+    /// soon after needs none (the files of a directory being browsed, a restore ahead of its
+    /// small files). Best effort: a failure is only logged, and a read locates whatever is
+    /// still unknown. The default does nothing (grids without locations).
+    fn prefetch_locations<'a>(&'a self, chunks: &'a [ChunkId]) -> BoxFuture<'a, ()> {
+        let _ = chunks;
+        futures::future::ready(()).boxed()
+    }
 
     /// Open a snapshot at the coordinator.
     fn snapshot_create(

@@ -13,11 +13,14 @@
 //!   two calls leaves a complete DEST whose only flaw is its own mtime; `--overwrite` fixes
 //!   it without fetching anything).
 //! - When resuming or overwriting, a regular file already at its place with the right size
-//!   and mtime (ns) is kept (rsync's quick check); everything else is written again. Entries
-//!   of DEST that are not in the snapshot are left alone.
-//! - Each file is written to `NAME.gridback-partial`, fsynced, given its xattrs, owner (when
-//!   running as root), mode and times, and only then renamed to NAME: an interrupted restore
-//!   never leaves a wrong file under a real name.
+//!   and mtime (ns) is kept if its content is verified too (each piece hashes to its chunk
+//!   id: files are not fsynced one by one, so a crash of the machine may leave a renamed file
+//!   whose data never reached the disk); everything else is written again. Entries of DEST
+//!   that are not in the snapshot are left alone.
+//! - Each file is written to `NAME.gridback-partial`, given its xattrs, owner (when running
+//!   as root), mode and times, and only then renamed to NAME: an interrupted restore never
+//!   leaves a partial file under a real name. Nothing is fsynced per file; one `syncfs`
+//!   makes everything durable before the marker goes.
 //! - Chunks are fetched in batches through [`ChunkFetch`] (for [`GridClient`]: parallel packet
 //!   fetches from the nodes, located beforehand in batches), many small files at once beside
 //!   a few large ones, with at most [`RestoreOptions::max_in_flight_bytes`] of chunk data in
@@ -34,12 +37,12 @@ use std::time::Instant;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use gridback_proto::ChunkId;
 use gridback_proto::coord_api::SnapshotState;
 use serde::Serialize;
 use tracing::info;
 
 use crate::client::GridClient;
+use crate::crypto::ChunkCrypto;
 use crate::grid::{ChunkRef, Grid, GridError};
 use crate::meta::{Inode, Kind};
 use crate::progress::Progress;
@@ -60,47 +63,45 @@ pub const DEFAULT_FILE_CONCURRENCY: usize = 4;
 
 /// Small files written at once by default, on top of [`DEFAULT_FILE_CONCURRENCY`] larger
 /// ones. A small file is one chunk or a few (at most 1 MiB of the byte budget) but waits on
-/// k packet gets, a create, an fsync and a rename: 32 at once keep the nodes and the disk
+/// k packet gets, a create and a rename: 32 at once keep the nodes and the disk
 /// busy (on a 6-node local grid more gave nothing measurable) and cost at most 32 MiB.
 pub const DEFAULT_SMALL_FILE_CONCURRENCY: usize = 32;
 
 /// A grid that can fetch several chunks in one go (restore's batched reads).
 pub trait ChunkFetch: Grid {
+    /// The chunk cipher, whose keyed hash verifies files kept from an earlier run.
+    fn chunk_crypto(&self) -> Arc<ChunkCrypto>;
+
     /// Fetch `chunks`; results in the order asked.
     fn fetch_chunks<'a>(
         &'a self,
         chunks: &'a [ChunkRef],
     ) -> BoxFuture<'a, Vec<Result<Arc<Vec<u8>>, GridError>>>;
-
-    /// Look up where `chunks` are, in as few round trips as possible, so that fetching them
-    /// soon after needs none. Best effort: a fetch locates whatever is still unknown.
-    fn prefetch_locations<'a>(&'a self, chunks: &'a [ChunkId]) -> BoxFuture<'a, ()>;
 }
 
 impl ChunkFetch for GridClient {
+    fn chunk_crypto(&self) -> Arc<ChunkCrypto> {
+        GridClient::chunk_crypto(self)
+    }
+
     fn fetch_chunks<'a>(
         &'a self,
         chunks: &'a [ChunkRef],
     ) -> BoxFuture<'a, Vec<Result<Arc<Vec<u8>>, GridError>>> {
         GridClient::read_chunks(self, chunks).boxed()
     }
-
-    fn prefetch_locations<'a>(&'a self, chunks: &'a [ChunkId]) -> BoxFuture<'a, ()> {
-        GridClient::prefetch_locations(self, chunks).boxed()
-    }
 }
 
 impl ChunkFetch for MemGrid {
+    fn chunk_crypto(&self) -> Arc<ChunkCrypto> {
+        MemGrid::chunk_crypto(self)
+    }
+
     fn fetch_chunks<'a>(
         &'a self,
         chunks: &'a [ChunkRef],
     ) -> BoxFuture<'a, Vec<Result<Arc<Vec<u8>>, GridError>>> {
         futures::future::join_all(chunks.iter().map(|c| self.read_chunk(*c))).boxed()
-    }
-
-    /// Nothing to look up: chunks are in memory.
-    fn prefetch_locations<'a>(&'a self, _chunks: &'a [ChunkId]) -> BoxFuture<'a, ()> {
-        futures::future::ready(()).boxed()
     }
 }
 
@@ -300,6 +301,7 @@ pub async fn restore(
         ..Default::default()
     };
     let mut files = Vec::new();
+    let mut in_place = Vec::new();
     let mut dirs = Vec::new();
     for (idx, path) in &plan {
         let node = &tree.nodes[*idx];
@@ -318,11 +320,36 @@ pub async fn restore(
                 sum.bytes += node.inode.size;
                 progress.found(1, node.inode.size);
                 if write::in_place(path, &node.inode) {
-                    sum.skipped_existing += 1;
-                    progress.advanced(node.inode.size);
+                    in_place.push((node, path.clone()));
                 } else {
                     files.push((node, path.clone()));
                 }
+            }
+        }
+    }
+    // Files were not fsynced one by one: keep one only if its content is right.
+    if !in_place.is_empty() {
+        progress.phase("verifying files already in place");
+        let crypto = grid.chunk_crypto();
+        let checks: Vec<(PathBuf, Vec<ChunkRef>)> = in_place
+            .iter()
+            .map(|(node, path)| (path.clone(), node.chunks.clone()))
+            .collect();
+        let ok: Vec<bool> = tokio::task::spawn_blocking(move || {
+            checks
+                .iter()
+                .map(|(path, chunks)| write::content_matches(path, chunks, &crypto))
+                .collect()
+        })
+        .await
+        .map_err(|e| RestoreError::Internal(format!("verify task: {e}")))?;
+        for ((node, path), ok) in in_place.into_iter().zip(ok) {
+            if ok {
+                sum.skipped_existing += 1;
+                progress.advanced(node.inode.size);
+            } else {
+                info!(path = %path.display(), "file in place differs from the snapshot; writing it again");
+                files.push((node, path));
             }
         }
     }

@@ -37,6 +37,9 @@ struct State {
     refusal: Option<Refusal>,
     /// Terms reported by [`Grid::terms`].
     terms: Option<ClientTerms>,
+    /// Calls of [`Grid::prefetch_locations`], and every chunk they named.
+    location_prefetches: usize,
+    located: HashSet<ChunkId>,
 }
 
 /// A refusal the coordinator can give a write, injected with [`MemGrid::refuse_stores`].
@@ -119,8 +122,20 @@ impl MemGrid {
         &self.keys
     }
 
+    /// The chunk cipher (chunk ids).
+    pub fn chunk_crypto(&self) -> Arc<ChunkCrypto> {
+        self.crypto.clone()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Calls of [`Grid::prefetch_locations`] so far, and the distinct chunks they named (an
+    /// in-memory grid has nothing to locate; tests check what the core asks for).
+    pub fn location_prefetches(&self) -> (usize, HashSet<ChunkId>) {
+        let st = self.lock();
+        (st.location_prefetches, st.located.clone())
     }
 
     /// Distinct chunks stored.
@@ -172,6 +187,13 @@ fn info_of(record: &SnapshotRecord, refs: &HashSet<ChunkId>) -> SnapshotInfo {
 }
 
 impl Grid for MemGrid {
+    fn prefetch_locations<'a>(&'a self, chunks: &'a [ChunkId]) -> BoxFuture<'a, ()> {
+        let mut st = self.lock();
+        st.location_prefetches += 1;
+        st.located.extend(chunks.iter().copied());
+        futures::future::ready(()).boxed()
+    }
+
     fn terms(&self) -> Option<ClientTerms> {
         self.lock().terms.clone()
     }

@@ -103,12 +103,34 @@ impl ChunkCache {
         }
     }
 
+    /// Whether the chunk is cached (without making it recent).
+    pub fn contains(&self, id: &ChunkId) -> bool {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .lru
+            .contains(id)
+    }
+
+    /// Fetch the chunk into the cache unless it is there (a prefetch: not counted as a hit).
+    pub async fn prefetch(&self, chunk: ChunkRef) -> Result<(), GridError> {
+        if self.contains(&chunk.id) {
+            return Ok(());
+        }
+        self.fetch(chunk).await.map(drop)
+    }
+
     /// The chunk's plaintext, from the cache or the grid.
     pub async fn get(&self, chunk: ChunkRef) -> Result<Arc<Vec<u8>>, GridError> {
         if let Some(d) = self.cached(&chunk.id) {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(d);
         }
+        self.fetch(chunk).await
+    }
+
+    /// Fetch from the grid, once for every caller waiting on the same chunk.
+    async fn fetch(&self, chunk: ChunkRef) -> Result<Arc<Vec<u8>>, GridError> {
         let slot: Slot = {
             let mut m = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
             m.entry(chunk.id).or_default().clone()

@@ -89,7 +89,9 @@ impl FsCore {
             _ => {}
         }
         let ino = self.meta.lookup(parent, name)?.ok_or(FsError::NotFound)?;
-        self.getattr(ino).await
+        let attr = self.getattr(ino).await?;
+        self.prefetch_after_lookup(parent, attr.inode.snapshot, name, ino);
+        Ok(attr)
     }
 
     /// Every entry of a directory (without `.` and `..`).
@@ -122,6 +124,7 @@ impl FsCore {
                 name,
             });
         }
+        self.prefetch_listed(ino, inode.snapshot, out.iter().map(|e| e.ino).collect());
         Ok(out)
     }
 

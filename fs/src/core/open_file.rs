@@ -243,6 +243,8 @@ impl FsCore {
         }
         if write {
             self.check_writable(ino, &inode)?;
+        } else {
+            self.prefetch_after_open(ino, inode.snapshot);
         }
         let (of, mut st) = self.lock_live(ino).await;
         if write && st.pending {

@@ -4,14 +4,14 @@
 //! - A file larger than [`SMALL_FILE_BYTES`] waits for one of
 //!   [`RestoreOptions::file_concurrency`] permits; a small one does not, and up to
 //!   `file_concurrency + small_file_concurrency` files are written at once. A small file
-//!   costs little memory but several waits (its packets from k nodes, a create, an fsync, a
+//!   costs little memory but several waits (its packets from k nodes, a create, a
 //!   rename): many at once hide them, as for backups (`crate::backup`).
 //! - Each batch of chunks takes its size from one byte budget of
 //!   [`RestoreOptions::max_in_flight_bytes`] before it is fetched and gives it back once it is
 //!   written, so the chunk data in memory stays within the budget whatever the concurrency.
 //! - The locations of the small files' chunks are looked up ahead, at most
 //!   [`LOCATE_AHEAD_CHUNKS`] at a time and one group ahead of the files being written
-//!   ([`ChunkFetch::prefetch_locations`]: one coordinator round trip), so a small file
+//!   ([`Grid::prefetch_locations`](crate::grid::Grid::prefetch_locations): one coordinator round trip), so a small file
 //!   normally needs no locate round trip of its own.
 
 use std::collections::HashSet;

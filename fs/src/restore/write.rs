@@ -3,7 +3,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{ErrorKind, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -14,6 +14,8 @@ use nix::sys::time::TimeSpec;
 use tracing::warn;
 
 use super::{MARKER, RestoreError, io_err};
+use crate::crypto::ChunkCrypto;
+use crate::grid::ChunkRef;
 use crate::meta::{Inode, Kind, Time};
 
 /// Suffix of a file being written.
@@ -134,6 +136,24 @@ pub(super) fn in_place(path: &Path, inode: &Inode) -> bool {
     })
 }
 
+/// Whether the regular file at `path` holds exactly `chunks`: each piece, cut at the chunk
+/// lengths, hashes to its chunk id, and nothing follows. Files are renamed into place without
+/// an fsync each, so after a crash of the machine a file may have its name, size and times
+/// but not its data; a resumed restore keeps a file only when this holds.
+pub(super) fn content_matches(path: &Path, chunks: &[ChunkRef], crypto: &ChunkCrypto) -> bool {
+    let Ok(mut f) = File::open(path) else {
+        return false;
+    };
+    let mut buf = Vec::new();
+    for c in chunks {
+        buf.resize(c.len as usize, 0);
+        if f.read_exact(&mut buf).is_err() || crypto.chunk_id(&buf) != c.id {
+            return false;
+        }
+    }
+    f.read(&mut [0u8; 1]).is_ok_and(|n| n == 0)
+}
+
 /// Where the content of `path` is written before it is renamed into place.
 pub(super) fn partial_path(path: &Path) -> PathBuf {
     let name = path.file_name().unwrap_or_default().as_bytes();
@@ -181,11 +201,12 @@ impl Partial {
         .map_err(|e| RestoreError::Internal(format!("write task: {e}")))?
     }
 
-    /// Make the content durable, set the attributes and rename into `dest`; returns the
-    /// number of attributes that could not be set.
+    /// Set the attributes and rename into `dest`; returns the number of attributes that
+    /// could not be set. The content is not synced here: one `syncfs` before the resume
+    /// marker goes covers every file (see `finish_dirs`), and a file kept by a resumed run is
+    /// verified against its chunk ids first (`content_matches`).
     pub async fn finish(self, inode: Inode, dest: PathBuf) -> Result<u64, RestoreError> {
         tokio::task::spawn_blocking(move || {
-            self.file.sync_all().map_err(io_err(&self.path))?;
             drop(self.file);
             let warnings = set_attrs(&self.path, &inode)?;
             std::fs::rename(&self.path, &dest).map_err(io_err(&dest))?;

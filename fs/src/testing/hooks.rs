@@ -5,6 +5,7 @@ use std::io::Read;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
+use gridback_proto::ChunkId;
 use gridback_proto::coord_api::{SnapshotInfo, SnapshotRecord, TreeChunk};
 use gridback_proto::subscription::ClientTerms;
 
@@ -29,6 +30,11 @@ pub trait GridHooks: Send + Sync {
     fn read_chunk(&self, chunk: ChunkRef) -> BoxFuture<'_, Result<Arc<Vec<u8>>, GridError>> {
         self.grid().read_chunk(chunk)
     }
+
+    /// [`Grid::prefetch_locations`].
+    fn prefetch_locations<'a>(&'a self, chunks: &'a [ChunkId]) -> BoxFuture<'a, ()> {
+        self.grid().prefetch_locations(chunks)
+    }
 }
 
 /// The [`Grid`] made of a test's [`GridHooks`] (snapshot calls always go to the grid).
@@ -52,6 +58,9 @@ impl<H: GridHooks + 'static> Grid for Hooked<H> {
     }
     fn read_chunk(&self, chunk: ChunkRef) -> BoxFuture<'_, Result<Arc<Vec<u8>>, GridError>> {
         self.0.read_chunk(chunk)
+    }
+    fn prefetch_locations<'a>(&'a self, chunks: &'a [ChunkId]) -> BoxFuture<'a, ()> {
+        self.0.prefetch_locations(chunks)
     }
     fn snapshot_create(
         &self,

@@ -45,6 +45,8 @@ pub struct Node {
     pending_puts: Arc<AtomicUsize>,
     /// Put requests (single or batch) received.
     put_requests: AtomicUsize,
+    /// Get requests (single or batch) received.
+    get_requests: AtomicUsize,
     verifier: OrderVerifier,
     stop: CancellationToken,
 }
@@ -92,6 +94,9 @@ impl Service for Node {
                 "no certificate",
             )));
         };
+        if matches!(req, NodeRequest::Get(_) | NodeRequest::GetBatch(_)) {
+            self.get_requests.fetch_add(1, Ordering::SeqCst);
+        }
         let check = |o: &SignedOrder, op| {
             self.verifier
                 .check(o, op, self.id, o.order.packet, client, now_unix_ms())
@@ -151,6 +156,7 @@ pub struct RoundTrips {
     pub queries: usize,
     pub allocations: usize,
     pub commits: usize,
+    pub locates: usize,
 }
 
 pub struct Coordinator {
@@ -360,6 +366,7 @@ impl Service for Coordinator {
                 }))
             }
             CoordRequest::LocateChunks(l) => {
+                st.round_trips.locates += 1;
                 let chunks = l
                     .ids
                     .iter()
@@ -416,6 +423,17 @@ impl Service for Coordinator {
                 );
                 answer(Ok(info))
             }
+            CoordRequest::SnapshotSeal(s) => match st.snapshots.get_mut(&s.name) {
+                Some(r) if r.info.state == SnapshotState::Open => {
+                    r.info.state = SnapshotState::Sealed;
+                    r.info.sealed_unix_ms = Some(now_unix_ms());
+                    r.info.tree_bytes = s.tree_bytes;
+                    r.tree = s.tree;
+                    answer(Ok(r.info.clone()))
+                }
+                Some(_) => answer::<()>(refuse(ErrorCode::Conflict, "already sealed")),
+                None => answer::<()>(refuse(ErrorCode::NotFound, "no such snapshot")),
+            },
             CoordRequest::SnapshotGet(g) => match st.snapshots.get(&g.name) {
                 Some(r) => answer(Ok(r.clone())),
                 None => answer::<()>(refuse(ErrorCode::NotFound, "no such snapshot")),
@@ -467,6 +485,7 @@ impl Cluster {
                 hold: hold_rx.clone(),
                 pending_puts: pending_puts.clone(),
                 put_requests: AtomicUsize::new(0),
+                get_requests: AtomicUsize::new(0),
                 verifier: OrderVerifier::new(signer.public_key()),
                 stop: stop.child_token(),
             });
@@ -511,6 +530,14 @@ impl Cluster {
         .await
     }
 
+    /// Get requests (single or batch) every node received.
+    pub fn get_requests(&self) -> usize {
+        self.nodes
+            .iter()
+            .map(|n| n.get_requests.load(Ordering::SeqCst))
+            .sum()
+    }
+
     /// Put requests (single or batch) every node received.
     pub fn put_requests(&self) -> usize {
         self.nodes
@@ -521,6 +548,11 @@ impl Cluster {
 
     /// A client with the given pipeline parameters.
     pub async fn client_with(&self, params: UploadParams) -> GridClient {
+        self.client_with_keys(params, ClientKeys::generate()).await
+    }
+
+    /// A client with the given keys (a second process of the same client: a fresh mount).
+    pub async fn client_with_keys(&self, params: UploadParams, keys: ClientKeys) -> GridClient {
         let ident = self
             .ca
             .issue_with_key(&client_server_name(self.coordinator.client), "client")
@@ -531,13 +563,7 @@ impl Cluster {
             .hello("test", Location::new("test", "test", "client"))
             .await
             .unwrap();
-        GridClient::from_parts(
-            coord,
-            NodeClient::new(pool),
-            ClientKeys::generate(),
-            welcome,
-            params,
-        )
+        GridClient::from_parts(coord, NodeClient::new(pool), keys, welcome, params)
     }
 
     pub fn stop_node(&self, i: usize) {
