@@ -348,7 +348,7 @@ impl FsCore {
                     // Locked: being uploaded (or written); count it as pending.
                     Err(_) => (true, 0),
                 };
-                if !pending || !self.meta.inode(of.ino)?.is_none_or(|i| i.snapshot == root) {
+                if !pending || self.meta.inode(of.ino)?.is_some_and(|i| i.snapshot != root) {
                     continue;
                 }
                 if failures > 0 {
@@ -516,13 +516,16 @@ impl FsCore {
     }
 }
 
+/// A background upload that ended: the file, and how.
+type Finished = (Arc<OpenFile>, Result<(), FsError>);
+
 /// Uploads queued files, many at once, and settles them in groups.
 async fn worker(
     core: Weak<FsCore>,
     mut rx: mpsc::UnboundedReceiver<u64>,
     tx: mpsc::UnboundedSender<u64>,
 ) {
-    let mut inflight: JoinSet<(Arc<OpenFile>, Result<(), FsError>)> = JoinSet::new();
+    let mut inflight: JoinSet<Finished> = JoinSet::new();
     let mut open = true;
     loop {
         tokio::select! {
@@ -562,7 +565,7 @@ impl FsCore {
     /// ones are retried later.
     async fn finish_group(
         &self,
-        done: Vec<Result<(Arc<OpenFile>, Result<(), FsError>), tokio::task::JoinError>>,
+        done: Vec<Result<Finished, tokio::task::JoinError>>,
         tx: &mpsc::UnboundedSender<u64>,
     ) {
         let ok = done.iter().filter(|r| matches!(r, Ok((_, Ok(()))))).count();
@@ -590,10 +593,11 @@ impl FsCore {
                 Ok(()) => {
                     let mut st = of.state.lock().await;
                     // Still pending and clean: this upload is what the record describes.
-                    if st.pending && !st.dirty {
-                        if let Err(e) = self.settle(&of, &mut st) {
-                            warn!(ino = of.ino, error = %e, "cannot remove a write-back record");
-                        }
+                    if st.pending
+                        && !st.dirty
+                        && let Err(e) = self.settle(&of, &mut st)
+                    {
+                        warn!(ino = of.ino, error = %e, "cannot remove a write-back record");
                     }
                     drop(st);
                     if let Err(e) = self.drop_open_file(&of).await {
