@@ -19,7 +19,7 @@
 //! closed when it is full, when the committer is idle (so a lone file is not held back), or
 //! after [`BATCH_LINGER`] (so a trickle of files still moves). Chunks of one batch belong to
 //! one snapshot (a chunk of another snapshot waits for the next batch), so each batch
-//! commits with one request. Each `store` waits on its [`ticket::Ticket`] until all its
+//! commits with one request. Each `store` waits on its `ticket::Ticket` until all its
 //! chunks are committed, and learns the first error any of them met.
 //!
 //! **Dedup across the pipeline.** A chunk already queried or uploaded by an earlier batch
@@ -33,12 +33,12 @@
 //! backpressure reaches the writer. At most two batches exist at once (one being prepared,
 //! one uploading). Sealing allocates one buffer per chunk with room for its parity
 //! (`packet::seal_chunk_for`), each packet is a `Bytes` slice of it sent without a copy,
-//! and buffers come back to a small pool ([`pool`]) when the last put of the chunk is
+//! and buffers come back to a small pool (`pool`) when the last put of the chunk is
 //! acknowledged.
 //!
 //! **Failures.** A node that fails a whole request, or one packet, gets its packets moved to
-//! replacement targets (`ReplaceTargets`, then a single put), up to [`MAX_PUT_ATTEMPTS`]
-//! targets per packet; such nodes are left out of allocations for [`NODE_FAILURE_MEMORY`].
+//! replacement targets (`ReplaceTargets`, then a single put), up to `MAX_PUT_ATTEMPTS`
+//! targets per packet; such nodes are left out of allocations for `NODE_FAILURE_MEMORY`.
 //! A chunk whose packets cannot all be placed fails its stores (and only them); the rest of
 //! the batch is committed. A refusal of the whole batch (quota, suspended subscription, no
 //! placement, coordinator unreachable) fails every store that had a chunk in it.
