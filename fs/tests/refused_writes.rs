@@ -2,9 +2,12 @@
 //! placement), and what is left of the file afterwards; statfs from the subscription.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step fails the test
 
+mod core_support;
+use core_support::{ROOT_OWNER, read_all, write_closed};
+
 use std::sync::Arc;
 
-use gridback_fs::core::namespace::{Owner, SetAttr};
+use gridback_fs::core::namespace::SetAttr;
 use gridback_fs::core::{CoreConfig, FsCore, STATFS_BLOCK_BYTES};
 use gridback_fs::meta::SNAPSHOTS_INO;
 use gridback_fs::testing::{MemGrid, Refusal};
@@ -12,8 +15,6 @@ use gridback_fs::tree::MasterKeyCipher;
 use gridback_proto::ClientId;
 use gridback_proto::location::Location;
 use gridback_proto::subscription::{ClientTerms, Limits, Subscription, SubscriptionState, Usage};
-
-const ROOT_OWNER: Owner = Owner { uid: 0, gid: 0 };
 
 fn core_over(dir: &std::path::Path, grid: Arc<MemGrid>) -> FsCore {
     let cipher = Arc::new(MasterKeyCipher::new(grid.keys()));
@@ -36,31 +37,6 @@ async fn open_snapshot() -> (Arc<MemGrid>, tempfile::TempDir, FsCore, u64) {
         .unwrap()
         .ino;
     (grid, dir, core, root)
-}
-
-async fn write_closed(core: &FsCore, dir: u64, name: &str, data: &[u8]) -> u64 {
-    let (attr, fh) = core
-        .create(dir, name.as_bytes(), 0o644, ROOT_OWNER, false)
-        .await
-        .unwrap();
-    core.write(fh, 0, data).await.unwrap();
-    core.flush(fh).await.unwrap();
-    core.release(fh).await.unwrap();
-    attr.ino
-}
-
-async fn read_all(core: &FsCore, ino: u64) -> Vec<u8> {
-    let fh = core.open(ino, false, false).await.unwrap();
-    let mut out = Vec::new();
-    loop {
-        let d = core.read(fh, out.len() as u64, 1 << 20).await.unwrap();
-        if d.is_empty() {
-            break;
-        }
-        out.extend_from_slice(&d);
-    }
-    core.release(fh).await.unwrap();
-    out
 }
 
 fn pattern(seed: u8, len: usize) -> Vec<u8> {

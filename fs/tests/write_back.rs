@@ -2,16 +2,16 @@
 //! a restart and is uploaded then, fsync and seal wait for the grid, refusals reach seal.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step fails the test
 
+mod core_support;
+use core_support::{ROOT_OWNER, read_all, write_closed};
+
 use std::path::Path;
 use std::sync::Arc;
 
-use gridback_fs::core::namespace::Owner;
 use gridback_fs::core::{CoreConfig, FsCore};
 use gridback_fs::meta::SNAPSHOTS_INO;
 use gridback_fs::testing::{MemGrid, Refusal};
 use gridback_fs::tree::MasterKeyCipher;
-
-const ROOT_OWNER: Owner = Owner { uid: 0, gid: 0 };
 
 fn core_over(dir: &Path, grid: Arc<MemGrid>) -> Arc<FsCore> {
     let cipher = Arc::new(MasterKeyCipher::new(grid.keys()));
@@ -26,31 +26,6 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(29) ^ seed)
         .collect()
-}
-
-async fn create_closed(core: &FsCore, dir: u64, name: &str, data: &[u8]) -> u64 {
-    let (attr, fh) = core
-        .create(dir, name.as_bytes(), 0o640, ROOT_OWNER, false)
-        .await
-        .unwrap();
-    core.write(fh, 0, data).await.unwrap();
-    core.flush(fh).await.unwrap();
-    core.release(fh).await.unwrap();
-    attr.ino
-}
-
-async fn read_all(core: &FsCore, ino: u64) -> Vec<u8> {
-    let fh = core.open(ino, false, false).await.unwrap();
-    let mut out = Vec::new();
-    loop {
-        let d = core.read(fh, out.len() as u64, 1 << 20).await.unwrap();
-        if d.is_empty() {
-            break;
-        }
-        out.extend_from_slice(&d);
-    }
-    core.release(fh).await.unwrap();
-    out
 }
 
 fn records(state: &Path) -> usize {
@@ -87,7 +62,7 @@ async fn closed_files_outlive_the_core_and_upload_at_the_next_start() {
         grid.refuse_stores(Some(Refusal::Quota));
         // The first close goes through write-back (no refusal seen yet); the uploader's
         // refusal then makes later closes upload themselves and fail, as before write-back.
-        let first = create_closed(&core, root, &files[0].0, &files[0].1).await;
+        let first = write_closed(&core, root, &files[0].0, &files[0].1).await;
         assert_eq!(read_all(&core, first).await, files[0].1);
         // Wait for the refusal to be seen, then the remaining files with the grid
         // accepting but the uploader still holding back (the refusal is recent): they
@@ -113,11 +88,11 @@ async fn closed_files_outlive_the_core_and_upload_at_the_next_start() {
     let root = core.lookup(SNAPSHOTS_INO, b"s").await.unwrap().ino;
     let f0 = core.lookup(root, files[0].0.as_bytes()).await.unwrap();
     assert_eq!(f0.inode.size, files[0].1.len() as u64);
-    assert_eq!(f0.inode.perm & 0o777, 0o640);
+    assert_eq!(f0.inode.perm & 0o777, 0o644);
     assert_eq!(read_all(&core, f0.ino).await, files[0].1);
     core.start_write_back();
     for (name, data) in &files[1..] {
-        create_closed(&core, root, name, data).await;
+        write_closed(&core, root, name, data).await;
     }
     core.seal("s", false).await.unwrap();
     assert_eq!(core.write_back_status().pending_files, 0);
@@ -160,7 +135,7 @@ async fn fsync_waits_for_the_grid_and_rewrites_of_pending_files_keep_their_order
     core.release(fh).await.unwrap();
 
     // Close, then at once reopen and append: the append lands after the closed content.
-    let ino = create_closed(&core, root, "again", &pattern(1, 50_000)).await;
+    let ino = write_closed(&core, root, "again", &pattern(1, 50_000)).await;
     let fh = core.open(ino, true, false).await.unwrap();
     core.write(fh, 50_000, &pattern(2, 10_000)).await.unwrap();
     core.flush(fh).await.unwrap();
@@ -187,7 +162,7 @@ async fn a_removed_pending_file_does_not_come_back() {
             .unwrap()
             .ino;
         grid.refuse_stores(Some(Refusal::NoPlacement));
-        create_closed(&core, root, "gone", &pattern(3, 5000)).await;
+        write_closed(&core, root, "gone", &pattern(3, 5000)).await;
         core.unlink(root, b"gone").await.unwrap();
     }
     grid.refuse_stores(None);

@@ -129,6 +129,16 @@ impl Layout {
 }
 
 impl FsCore {
+    /// Every open file now (a copy of the map's values: the lock is not held afterwards).
+    pub(super) fn all_open_files(&self) -> Vec<Arc<OpenFile>> {
+        self.open_files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
     pub(super) fn open_file_if_any(&self, ino: u64) -> Option<Arc<OpenFile>> {
         self.open_files
             .lock()
@@ -618,13 +628,7 @@ impl FsCore {
 
     /// Whether any file of the snapshot rooted at `root` is open for writing or unsaved.
     pub(super) async fn open_writers_in(&self, root: u64) -> Result<Vec<u64>, FsError> {
-        let files: Vec<Arc<OpenFile>> = self
-            .open_files
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let files = self.all_open_files();
         let writers: Vec<u64> = self
             .handles
             .lock()
@@ -650,13 +654,7 @@ impl FsCore {
     /// Commit every dirty file of a snapshot (used by seal), pending write-backs included.
     pub(super) async fn commit_all_in(&self, root: u64) -> Result<(), FsError> {
         self.wait_pending(root).await?;
-        let files: Vec<Arc<OpenFile>> = self
-            .open_files
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let files = self.all_open_files();
         for of in files {
             if self.meta.inode(of.ino)?.is_some_and(|i| i.snapshot == root) {
                 self.commit(&of).await?;

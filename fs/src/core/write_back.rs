@@ -299,13 +299,7 @@ impl FsCore {
     /// Upload every pending file of the snapshot rooted at `root` (every snapshot with
     /// `None`) now, failing with the first refusal.
     pub(super) async fn flush_pending(&self, root: Option<u64>) -> Result<(), FsError> {
-        let files: Vec<Arc<OpenFile>> = self
-            .open_files
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let files = self.all_open_files();
         for of in files {
             let pending = of.state.lock().await.pending;
             if !pending {
@@ -334,13 +328,7 @@ impl FsCore {
             let notified = self.write_back.settled.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let files: Vec<Arc<OpenFile>> = self
-                .open_files
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .values()
-                .cloned()
-                .collect();
+            let files = self.all_open_files();
             let mut waiting = 0usize;
             for of in files {
                 let (pending, failures) = match of.state.try_lock() {
