@@ -22,6 +22,18 @@ fn core_over(dir: &Path, grid: Arc<MemGrid>) -> Arc<FsCore> {
     Arc::new(FsCore::new(dir, grid, cipher, config).unwrap())
 }
 
+/// A core with write-back started and snapshot `s` open; returns its root inode too.
+async fn writing_core(dir: &Path, grid: Arc<MemGrid>) -> (Arc<FsCore>, u64) {
+    let core = core_over(dir, grid);
+    core.start_write_back();
+    let root = core
+        .mkdir(SNAPSHOTS_INO, b"s", 0o755, ROOT_OWNER)
+        .await
+        .unwrap()
+        .ino;
+    (core, root)
+}
+
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(29) ^ seed)
@@ -52,13 +64,7 @@ async fn closed_files_outlive_the_core_and_upload_at_the_next_start() {
         .map(|i| (format!("f{i}"), pattern(i, 1000 + 3000 * usize::from(i))))
         .collect();
     {
-        let core = core_over(dir.path(), grid.clone());
-        core.start_write_back();
-        let root = core
-            .mkdir(SNAPSHOTS_INO, b"s", 0o755, ROOT_OWNER)
-            .await
-            .unwrap()
-            .ino;
+        let (core, root) = writing_core(dir.path(), grid.clone()).await;
         grid.refuse_stores(Some(Refusal::Quota));
         // The first close goes through write-back (no refusal seen yet); the uploader's
         // refusal then makes later closes upload themselves and fail, as before write-back.
@@ -113,13 +119,7 @@ async fn closed_files_outlive_the_core_and_upload_at_the_next_start() {
 async fn fsync_waits_for_the_grid_and_rewrites_of_pending_files_keep_their_order() {
     let grid = Arc::new(MemGrid::new());
     let dir = tempfile::tempdir().unwrap();
-    let core = core_over(dir.path(), grid.clone());
-    core.start_write_back();
-    let root = core
-        .mkdir(SNAPSHOTS_INO, b"s", 0o755, ROOT_OWNER)
-        .await
-        .unwrap()
-        .ino;
+    let (core, root) = writing_core(dir.path(), grid.clone()).await;
     let before = grid.chunk_count();
     let (attr, fh) = core
         .create(root, b"synced", 0o644, ROOT_OWNER, false)
@@ -154,13 +154,7 @@ async fn a_removed_pending_file_does_not_come_back() {
     let grid = Arc::new(MemGrid::new());
     let dir = tempfile::tempdir().unwrap();
     {
-        let core = core_over(dir.path(), grid.clone());
-        core.start_write_back();
-        let root = core
-            .mkdir(SNAPSHOTS_INO, b"s", 0o755, ROOT_OWNER)
-            .await
-            .unwrap()
-            .ino;
+        let (core, root) = writing_core(dir.path(), grid.clone()).await;
         grid.refuse_stores(Some(Refusal::NoPlacement));
         write_closed(&core, root, "gone", &pattern(3, 5000)).await;
         core.unlink(root, b"gone").await.unwrap();

@@ -154,7 +154,7 @@ impl FsCore {
         spool: File,
         size: u64,
         created_name: Option<Vec<u8>>,
-    ) -> Arc<OpenFile> {
+    ) {
         let of = Arc::new(OpenFile {
             ino,
             spool_path: self.spool_dir.join(ino.to_string()),
@@ -170,8 +170,7 @@ impl FsCore {
         self.open_files
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(ino, of.clone());
-        of
+            .insert(ino, of);
     }
 
     fn open_file(&self, ino: u64) -> Arc<OpenFile> {

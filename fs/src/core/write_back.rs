@@ -138,7 +138,9 @@ impl FsCore {
         for ino in pending {
             let _ = tx.send(ino);
         }
-        tokio::spawn(worker(Arc::downgrade(self), rx, tx));
+        // The worker keeps only weak handles: once the core is dropped (its sender with it),
+        // the queue closes and the worker ends.
+        tokio::spawn(worker(Arc::downgrade(self), rx, tx.downgrade()));
     }
 
     /// Files and bytes waiting for the grid.
@@ -462,12 +464,11 @@ impl FsCore {
                 .read(true)
                 .write(true)
                 .open(&spool)?;
-            let of = self.pending_open_file(rec.ino, file, rec.size, rec.name.clone());
+            self.pending_open_file(rec.ino, file, rec.size, rec.name.clone());
             self.write_back
                 .pending_bytes
                 .fetch_add(rec.size, Ordering::SeqCst);
             self.write_back.pending_files.fetch_add(1, Ordering::SeqCst);
-            drop(of);
             replayed.push(rec.ino);
         }
         tx.bump_next_ino(max_ino + 1)?;
@@ -511,7 +512,7 @@ type Finished = (Arc<OpenFile>, Result<(), FsError>);
 async fn worker(
     core: Weak<FsCore>,
     mut rx: mpsc::UnboundedReceiver<u64>,
-    tx: mpsc::UnboundedSender<u64>,
+    tx: mpsc::WeakUnboundedSender<u64>,
 ) {
     let mut inflight: JoinSet<Finished> = JoinSet::new();
     let mut open = true;
@@ -554,7 +555,7 @@ impl FsCore {
     async fn finish_group(
         &self,
         done: Vec<Result<Finished, tokio::task::JoinError>>,
-        tx: &mpsc::UnboundedSender<u64>,
+        tx: &mpsc::WeakUnboundedSender<u64>,
     ) {
         let ok = done.iter().filter(|r| matches!(r, Ok((_, Ok(()))))).count();
         let sync: Result<(), String> = if ok > 0 {
@@ -597,7 +598,12 @@ impl FsCore {
         }
     }
 
-    async fn retry_later(&self, of: Arc<OpenFile>, e: FsError, tx: &mpsc::UnboundedSender<u64>) {
+    async fn retry_later(
+        &self,
+        of: Arc<OpenFile>,
+        e: FsError,
+        tx: &mpsc::WeakUnboundedSender<u64>,
+    ) {
         let wb = &self.write_back;
         *wb.refused_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         wb.errors
@@ -618,7 +624,9 @@ impl FsCore {
         let tx = tx.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            let _ = tx.send(of.ino);
+            if let Some(tx) = tx.upgrade() {
+                let _ = tx.send(of.ino);
+            }
         });
     }
 }
